@@ -1,0 +1,299 @@
+"""Typed run configs: dataclasses filled from YAML presets and ``--set`` overrides.
+
+Every task defines a nested dataclass config. This module turns YAML
+(read with ``yaml.safe_load`` only) and ``key.path=value`` overrides into
+such a dataclass, checking every key and value type, and writes the resolved
+config back to YAML.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+
+import yaml
+
+from fmkeras.errors import ConfigError
+
+PRESET_DIR = os.path.join(os.path.dirname(__file__), "configs")
+
+
+def list_presets():
+    """Names of the presets shipped in ``fmkeras/configs``.
+
+    Example:
+
+    >>> "digits_cnn" in list_presets()
+    True
+    """
+    return sorted(f[:-5] for f in os.listdir(PRESET_DIR) if f.endswith(".yaml"))
+
+
+def resolve_config_path(path_or_preset):
+    """Return the YAML file for a path or a preset name, or raise ``ConfigError``.
+
+    Example:
+
+    >>> os.path.basename(resolve_config_path("digits_cnn"))
+    'digits_cnn.yaml'
+    """
+    if os.path.isfile(path_or_preset):
+        return path_or_preset
+    preset = os.path.join(PRESET_DIR, f"{path_or_preset}.yaml")
+    if os.path.isfile(preset):
+        return preset
+    hint = _closest(path_or_preset, list_presets())
+    raise ConfigError(
+        f"Config not found. Expected a YAML file or a preset name ({', '.join(list_presets())})"
+        f"{hint}. Received: {path_or_preset!r}")
+
+
+def read_yaml(path):
+    """Read a YAML mapping with ``yaml.safe_load`` (no Python object tags).
+
+    Example:
+
+    >>> read_yaml(resolve_config_path("digits_cnn"))["task"]
+    'image-classification'
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"Config file {path!r} is not valid YAML: {err}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"Cannot read config file {path!r}: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"Expected a YAML mapping of config sections in {path!r}. "
+            f"Received: {type(data).__name__}")
+    return data
+
+
+def _closest(key, candidates):
+    match = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _field_names(cls, prefix=""):
+    """Every dotted key of a (nested) config dataclass."""
+    names = []
+    for field in dataclasses.fields(cls):
+        hint = typing.get_type_hints(cls)[field.name]
+        if dataclasses.is_dataclass(hint):
+            names.extend(_field_names(hint, f"{prefix}{field.name}."))
+        else:
+            names.append(f"{prefix}{field.name}")
+    return names
+
+
+def _type_name(hint):
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _coerce(value, hint, key):
+    """Check ``value`` against the type ``hint``; allow int -> float and list -> tuple."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(hint):
+            if option is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as err:
+                errors.append(err)
+        raise ConfigError(
+            f"Wrong type for {key}. Expected {_type_name(hint)}. "
+            f"Received: {value!r} ({type(value).__name__})")
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(
+                f"Wrong type for {key}. Expected a list. Received: {value!r} "
+                f"({type(value).__name__})")
+        args = typing.get_args(hint)
+        item = args[0] if args else typing.Any
+        items = [_coerce(v, item, key) for v in value]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(
+                f"Wrong type for {key}. Expected a mapping. Received: {value!r}")
+        return dict(value)
+    if hint is typing.Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float) and isinstance(value, bool):
+        pass
+    elif isinstance(value, hint):
+        return value
+    raise ConfigError(
+        f"Wrong type for {key}. Expected {_type_name(hint)}. "
+        f"Received: {value!r} ({type(value).__name__})")
+
+
+def from_dict(cls, data, prefix=""):
+    """Build the config dataclass ``cls`` from a nested dict, checking keys and types.
+
+    Unknown keys raise :class:`ConfigError` naming the key and the closest
+    valid one.
+
+    Args:
+        cls: a dataclass type whose fields may be dataclasses themselves.
+        data: dict. Values for some or all fields.
+        prefix: str. Dotted prefix used in error messages.
+
+    Returns:
+        An instance of ``cls``.
+
+    Example:
+
+    >>> @dataclasses.dataclass
+    ... class Train:
+    ...     epochs: int = 1
+    >>> from_dict(Train, {"epochs": 3})
+    Train(epochs=3)
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"Expected a mapping for section {prefix.rstrip('.') or 'config'!r}. "
+            f"Received: {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            valid = _field_names(cls, prefix)
+            raise ConfigError(f"Unknown config key {full!r}{_closest(full, valid)}.")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = from_dict(hint, value or {}, f"{full}.")
+        else:
+            kwargs[key] = _coerce(value, hint, full)
+    try:
+        instance = cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"Invalid config section {prefix.rstrip('.') or 'config'}: {err}")
+    return instance
+
+
+def to_dict(config):
+    """The config as plain nested dicts, lists and scalars (tuples become lists).
+
+    Example:
+
+    >>> @dataclasses.dataclass
+    ... class Train:
+    ...     sizes: tuple = (1, 2)
+    >>> to_dict(Train())
+    {'sizes': [1, 2]}
+    """
+    def plain(value):
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+    return plain(dataclasses.asdict(config))
+
+
+def parse_override(text):
+    """Split ``"a.b=value"`` into ``("a.b", value)``, parsing the value as YAML.
+
+    Example:
+
+    >>> parse_override("train.epochs=3")
+    ('train.epochs', 3)
+    """
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"Expected --set KEY=VALUE (e.g. train.epochs=3). Received: {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def apply_overrides(data, overrides):
+    """Apply ``key.path=value`` strings to a nested dict (returns a new dict).
+
+    Example:
+
+    >>> apply_overrides({"train": {"epochs": 1}}, ["train.epochs=5"])
+    {'train': {'epochs': 5}}
+    """
+    data = _deep_copy(data)
+    for text in overrides:
+        key, value = parse_override(text)
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(
+                    f"Cannot set {key!r}: {part!r} is a value, not a section. Received: {text!r}")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def _deep_copy(data):
+    if isinstance(data, dict):
+        return {k: _deep_copy(v) for k, v in data.items()}
+    return data
+
+
+def load_config(cls, path_or_preset=None, overrides=(), defaults=None):
+    """Load a config of type ``cls`` from a YAML file or preset plus overrides.
+
+    Args:
+        cls: the config dataclass of a task.
+        path_or_preset: optional str. YAML path or preset name; ``None``
+            starts from the dataclass defaults.
+        overrides: iterable of ``"key.path=value"`` strings.
+        defaults: optional dict applied before the file (rarely needed).
+
+    Returns:
+        An instance of ``cls``. A top-level ``task`` key in the file is
+        accepted and ignored (the CLI reads it).
+
+    Example:
+
+    >>> from fmkeras.tasks.image_classification import ImageClassificationConfig
+    >>> config = load_config(ImageClassificationConfig, "digits_cnn", ["train.epochs=2"])
+    >>> config.train.epochs
+    2
+    """
+    data = dict(defaults or {})
+    if path_or_preset is not None:
+        data.update(read_yaml(resolve_config_path(path_or_preset)))
+    data.pop("task", None)
+    data = apply_overrides(data, overrides)
+    return from_dict(cls, data)
+
+
+def save_config(config, path, task=None):
+    """Write the resolved config as YAML (with the task name first, if given).
+
+    Example:
+
+    >>> @dataclasses.dataclass
+    ... class Train:
+    ...     epochs: int = 1
+    >>> save_config(Train(), "/tmp/fmkeras-example-config.yaml")
+    """
+    data = {"task": task} if task else {}
+    data.update(to_dict(config))
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(data, f, sort_keys=False, allow_unicode=True)

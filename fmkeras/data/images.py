@@ -1,0 +1,309 @@
+"""Image folders as tf.data pipelines.
+
+A class-per-folder layout (``root/<class>/<image>``) is indexed once in
+Python (sorted, junk ignored, every problem named) and then decoded in
+parallel by tf.data. The index is shared by every image pipeline in fmkeras.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from fmkeras.errors import DataError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+COLOR_MODES = {"grayscale": 1, "rgb": 3, "rgba": 4}
+# Files that operating systems and editors drop into folders; never images.
+_JUNK_NAMES = {"thumbs.db", "desktop.ini", ".ds_store"}
+
+
+@dataclasses.dataclass(frozen=True)
+class DirectoryIndex:
+    """The images found under a class-per-folder directory.
+
+    Attributes:
+        directory: str. The root that was indexed.
+        filenames: list of str. Paths relative to ``directory``, in class
+            then file-name order.
+        labels: np.ndarray of int32. Class index of each file.
+        class_names: list of str. Sorted class folder names; the position is
+            the class index.
+    """
+
+    directory: str
+    filenames: list
+    labels: np.ndarray
+    class_names: list
+
+    @property
+    def paths(self):
+        """Absolute paths of the files, in index order."""
+        return [os.path.join(self.directory, f) for f in self.filenames]
+
+    def __len__(self):
+        return len(self.filenames)
+
+
+def _is_junk(name):
+    return name.startswith(".") or name.lower() in _JUNK_NAMES
+
+
+def _list_images(folder, follow_links, extensions):
+    found = []
+    seen_dirs = set()
+    for root, dirs, files in os.walk(folder, followlinks=follow_links):
+        # Guard against symlink loops: never enter the same real folder twice.
+        real = os.path.realpath(root)
+        if real in seen_dirs:
+            dirs[:] = []
+            continue
+        seen_dirs.add(real)
+        dirs[:] = sorted(d for d in dirs if not _is_junk(d))
+        for name in sorted(files):
+            if _is_junk(name):
+                continue
+            if name.lower().endswith(extensions):
+                found.append(os.path.join(root, name))
+    return found
+
+
+def index_directory(directory, classes=None, follow_links=False,
+                    extensions=IMAGE_EXTENSIONS, allow_empty_classes=False):
+    """Index a ``root/<class>/<image>`` folder.
+
+    Hidden files and folders, ``Thumbs.db``, ``desktop.ini`` and AppleDouble
+    ``._x.jpg`` files are ignored. Class and file names may be any unicode.
+
+    Args:
+        directory: str or path. The root folder holding one folder per class.
+        classes: optional list of str. Class folders to use, in this order;
+            defaults to every sub-folder, sorted.
+        follow_links: bool. Whether to follow symbolic links to folders.
+        extensions: tuple of str. Lower-case file endings to accept.
+        allow_empty_classes: bool. If False, a class folder without images
+            raises :class:`DataError`.
+
+    Returns:
+        A :class:`DirectoryIndex`.
+
+    Example:
+
+    >>> index = index_directory("data/digits/train")
+    >>> index.class_names[:3], len(index) > 1000
+    (['0', '1', '2'], True)
+    """
+    directory = os.fspath(directory)
+    if not os.path.exists(directory):
+        raise DataError(
+            f"Image directory not found. Expected a folder of class folders. "
+            f"Received: {directory!r}")
+    if not os.path.isdir(directory):
+        raise DataError(
+            f"Expected a folder of class folders, not a file. Received: {directory!r}")
+    if classes is None:
+        classes = sorted(
+            d for d in os.listdir(directory)
+            if not _is_junk(d) and os.path.isdir(os.path.join(directory, d)))
+    else:
+        classes = list(classes)
+        missing = [c for c in classes if not os.path.isdir(os.path.join(directory, c))]
+        if missing:
+            raise DataError(
+                f"Class folders {missing} not found in {directory!r}. "
+                f"Received classes={classes}")
+    if not classes:
+        raise DataError(
+            f"No class folders in {directory!r}. Expected one sub-folder per class, "
+            f"each holding images ({', '.join(extensions)}).")
+    filenames, labels, empty = [], [], []
+    for label, name in enumerate(classes):
+        files = _list_images(os.path.join(directory, name), follow_links, extensions)
+        if not files:
+            empty.append(name)
+        filenames.extend(os.path.relpath(f, directory) for f in files)
+        labels.extend([label] * len(files))
+    if empty and not allow_empty_classes:
+        raise DataError(
+            f"Class folders without images in {directory!r}: {empty}. "
+            f"Expected at least one image ({', '.join(extensions)}) in each class folder.")
+    if not filenames:
+        raise DataError(f"No images found in {directory!r}.")
+    return DirectoryIndex(
+        directory=directory,
+        filenames=filenames,
+        labels=np.asarray(labels, dtype=np.int32),
+        class_names=classes,
+    )
+
+
+def decode_image(data, channels, image_size=None, dtype=tf.float32):
+    """Decode encoded image bytes into a float tensor of shape ``(h, w, channels)``.
+
+    PNG, JPEG, BMP and GIF (first frame) are accepted; grey, RGBA, palette and
+    16-bit images are converted to ``channels``. Values stay in ``[0, 255]``.
+
+    Args:
+        data: scalar ``tf.string`` tensor of encoded bytes.
+        channels: int. 1, 3 or 4.
+        image_size: optional ``(height, width)``. Bilinear resize target.
+        dtype: the output float dtype.
+
+    Example:
+
+    >>> raw = tf.io.encode_png(tf.zeros((4, 4, 1), tf.uint8))
+    >>> decode_image(raw, channels=3, image_size=(8, 8)).shape
+    TensorShape([8, 8, 3])
+    """
+    image = tf.io.decode_image(data, channels=0, expand_animations=False, dtype=tf.uint16)
+    # Scale 16-bit values down to the 8-bit range every pipeline expects.
+    image = tf.cast(image, tf.float32) / 257.0
+    image = _to_channels(image, channels)
+    if image_size is not None:
+        image = tf.image.resize(image, image_size, method="bilinear", antialias=False)
+    return tf.cast(image, dtype)
+
+
+def _to_channels(image, channels):
+    have = tf.shape(image)[-1]
+
+    def from_grey():
+        grey = image[..., :1]
+        if channels == 1:
+            return grey
+        rgb = tf.concat([grey, grey, grey], axis=-1)
+        return rgb if channels == 3 else tf.concat([rgb, tf.fill(tf.shape(grey), 255.0)], -1)
+
+    def from_colour():
+        rgb = image[..., :3]
+        if channels == 1:
+            return tf.reduce_sum(rgb * tf.constant([0.2989, 0.5870, 0.1140]), -1, keepdims=True)
+        if channels == 3:
+            return rgb
+        alpha = tf.cond(have == 4, lambda: image[..., 3:4],
+                        lambda: tf.fill(tf.shape(image[..., :1]), 255.0))
+        return tf.concat([rgb, alpha], -1)
+
+    out = tf.cond(have <= 2, from_grey, from_colour)
+    return tf.ensure_shape(out, [None, None, channels])
+
+
+def check_color_mode(color_mode):
+    """Return the channel count of ``color_mode`` or raise a clear error."""
+    if color_mode not in COLOR_MODES:
+        raise DataError(
+            f"Unknown color_mode. Expected one of {sorted(COLOR_MODES)}. "
+            f"Received: color_mode={color_mode!r}")
+    return COLOR_MODES[color_mode]
+
+
+def split_index(index, validation_split, seed):
+    """Split a :class:`DirectoryIndex` into (train, validation) by a fixed seed.
+
+    The split is stratified: each class gives the same fraction (at least one
+    image when it has two or more), so small classes are never missing from
+    validation.
+
+    Args:
+        index: a :class:`DirectoryIndex`.
+        validation_split: float in ``[0, 1)``. Fraction for validation.
+        seed: int. Seed of the permutation.
+
+    Returns:
+        ``(train_index, validation_index)``; the second is ``None`` when
+        ``validation_split`` is 0.
+
+    Example:
+
+    >>> train, val = split_index(index_directory("data/digits/train"), 0.1, seed=0)
+    >>> len(val) > 100
+    True
+    """
+    if not 0 <= validation_split < 1:
+        raise DataError(
+            f"Expected validation_split in [0, 1). Received: validation_split={validation_split!r}")
+    if not validation_split:
+        return index, None
+    rng = np.random.default_rng(seed)
+    val_rows = []
+    for label in range(len(index.class_names)):
+        rows = np.flatnonzero(index.labels == label)
+        count = int(round(len(rows) * validation_split))
+        if len(rows) >= 2:
+            count = min(max(count, 1), len(rows) - 1)
+        val_rows.extend(rng.permutation(rows)[:count].tolist())
+    val_mask = np.zeros(len(index), bool)
+    val_mask[val_rows] = True
+
+    def take(mask):
+        rows = np.flatnonzero(mask)
+        return dataclasses.replace(
+            index, filenames=[index.filenames[i] for i in rows], labels=index.labels[rows])
+    return take(~val_mask), take(val_mask)
+
+
+def image_dataset(source, image_size, batch_size=32, color_mode="rgb", shuffle=False,
+                  seed=0, cache=True, rescale=1.0 / 255, num_classes=None,
+                  label_mode="int", augment=None):
+    """A batched ``tf.data.Dataset`` of ``(images, labels)`` from a folder or an index.
+
+    Files are decoded in parallel, resized, optionally cached in memory (after
+    resizing, before any random augmentation) and prefetched. When
+    ``shuffle`` is true each epoch has a fresh order drawn from ``seed``.
+
+    Args:
+        source: str (a ``root/<class>/<image>`` folder) or a
+            :class:`DirectoryIndex`.
+        image_size: int or ``(height, width)``.
+        batch_size: int.
+        color_mode: str. ``grayscale``, ``rgb`` or ``rgba``.
+        shuffle: bool. Shuffle each epoch.
+        seed: int. Shuffle seed.
+        cache: bool. Keep decoded images in memory after the first epoch.
+        rescale: float. Factor applied to the ``[0, 255]`` pixels.
+        num_classes: optional int. Needed for ``label_mode="categorical"``;
+            defaults to the number of classes in the index.
+        label_mode: str. ``int`` (class indices) or ``categorical``
+            (one-hot float vectors).
+        augment: optional callable ``(images, labels) -> (images, labels)``
+            applied per batch after caching.
+
+    Returns:
+        ``tf.data.Dataset``.
+
+    Example:
+
+    >>> ds = image_dataset("data/digits/test", 16, batch_size=8, color_mode="grayscale")
+    >>> images, labels = next(iter(ds))
+    >>> images.shape
+    TensorShape([8, 16, 16, 1])
+    """
+    index = source if isinstance(source, DirectoryIndex) else index_directory(source)
+    if isinstance(image_size, int):
+        image_size = (image_size, image_size)
+    image_size = tuple(int(s) for s in image_size)
+    channels = check_color_mode(color_mode)
+    if label_mode not in ("int", "categorical"):
+        raise DataError(f"Expected label_mode 'int' or 'categorical'. Received: {label_mode!r}")
+    num_classes = num_classes or len(index.class_names)
+    ds = tf.data.Dataset.from_tensor_slices((index.paths, index.labels))
+
+    def load(path, label):
+        image = decode_image(tf.io.read_file(path), channels, image_size)
+        return image * rescale, label
+
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if cache:
+        ds = ds.cache()
+    if shuffle:
+        ds = ds.shuffle(len(index), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    if label_mode == "categorical":
+        ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes)),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+    if augment is not None:
+        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)

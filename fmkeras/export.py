@@ -1,0 +1,299 @@
+"""SavedModel export for serving, written atomically and checked after writing.
+
+Exports land in ``<export_root>/<name>/<version>/``, the layout TensorFlow
+Serving watches. Each version is written to a temporary folder next to it and
+renamed into place, so a failed export never leaves a half-written version.
+Right after writing, :func:`check_export` reloads the SavedModel with plain
+TensorFlow in a fresh process that does not import fmkeras and compares its
+outputs with the in-memory model at two batch sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from fmkeras.data.images import decode_image
+from fmkeras.errors import FmkerasError
+
+
+class ExportError(FmkerasError):
+    """An export could not be written or does not match the in-memory model."""
+
+
+def next_version(model_dir):
+    """The next free integer version under ``model_dir`` (1 when there is none).
+
+    Example:
+
+    >>> next_version("/nonexistent/fmkeras/model")
+    1
+    """
+    if not os.path.isdir(model_dir):
+        return 1
+    versions = [int(d) for d in os.listdir(model_dir) if re.fullmatch(r"\d+", d)]
+    return max(versions, default=0) + 1
+
+
+def write_versioned(export_root, name, write_fn, version=None):
+    """Write a SavedModel to ``export_root/name/version`` atomically.
+
+    Args:
+        export_root: str. Folder holding one folder per model name.
+        name: str. Model name (a folder name, as TF Serving's ``model_name``).
+        write_fn: callable taking a folder path and writing the SavedModel there.
+        version: optional int. Defaults to the next free version.
+
+    Returns:
+        str. The path of the new version folder.
+
+    Example:
+
+    >>> root = tempfile.mkdtemp()
+    >>> path = write_versioned(root, "m", lambda p: open(os.path.join(p, "x"), "w").close())
+    >>> os.path.basename(path)
+    '1'
+    """
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name or ""):
+        raise ExportError(
+            f"Expected an export name of letters, digits, '_', '-' or '.'. Received: {name!r}")
+    model_dir = os.path.join(export_root, name)
+    os.makedirs(model_dir, exist_ok=True)
+    version = next_version(model_dir) if version is None else int(version)
+    final = os.path.join(model_dir, str(version))
+    if os.path.exists(final):
+        raise ExportError(f"Export version already exists; refusing to overwrite {final!r}")
+    # A dot-prefixed sibling: TF Serving ignores it, and rename is atomic on one filesystem.
+    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir)
+    try:
+        write_fn(tmp)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+# Runs in a fresh interpreter: plain TensorFlow only, fmkeras must not be importable.
+_CHECK_SCRIPT = r"""
+import json, sys
+import numpy as np
+import tensorflow as tf
+path, inputs_file, out_file = sys.argv[1:4]
+loaded = tf.saved_model.load(path)
+with open(inputs_file) as f:
+    cases = json.load(f)
+results = {}
+for case in cases:
+    fn = loaded.signatures[case["signature"]]
+    blob = np.load(case["file"])
+    if case["kind"] == "bytes":
+        data, ends = blob["data"].tobytes(), blob["ends"]
+        starts = np.concatenate([[0], ends[:-1]])
+        value = tf.constant([data[s:e] for s, e in zip(starts, ends)], tf.string)
+    else:
+        value = tf.constant(blob["data"])
+    outputs = fn(**{case["input"]: value})
+    results[case["id"]] = {
+        k: (v.numpy().astype(str).tolist() if v.dtype == tf.string else v.numpy().tolist())
+        for k, v in outputs.items()}
+assert "fmkeras" not in sys.modules, "the check must not import fmkeras"
+with open(out_file, "w") as f:
+    json.dump(results, f)
+"""
+
+
+def check_export(path, cases, timeout=300):
+    """Reload ``path`` in a fresh process (without fmkeras) and compare outputs.
+
+    Args:
+        path: str. SavedModel folder.
+        cases: list of dicts with ``signature`` (name), ``input`` (argument
+            name), ``value`` (a NumPy array, or a list of ``bytes`` for
+            string inputs) and ``expected`` (dict of output name -> array).
+        timeout: int. Seconds to wait for the checking process.
+
+    Raises:
+        ExportError: if the reloaded model fails, an output is not finite, or
+            an output differs from ``expected``.
+
+    Example:
+
+    >>> # cases come from the exporters, e.g. export_image_classifier(check=True)
+    """
+    with tempfile.TemporaryDirectory(prefix="fmkeras-check-") as work:
+        manifest = []
+        for i, case in enumerate(cases):
+            file = os.path.join(work, f"case{i}.npz")
+            if isinstance(case["value"], (list, tuple)):
+                data = [bytes(v) for v in case["value"]]
+                np.savez(file, data=np.frombuffer(b"".join(data) or b"\0", np.uint8),
+                         ends=np.cumsum([len(v) for v in data]).astype(np.int64))
+                kind = "bytes"
+            else:
+                np.savez(file, data=np.asarray(case["value"]))
+                kind = "array"
+            manifest.append({"id": str(i), "signature": case["signature"],
+                             "input": case["input"], "file": file, "kind": kind})
+        inputs_file = os.path.join(work, "cases.json")
+        out_file = os.path.join(work, "out.json")
+        with open(inputs_file, "w") as f:
+            json.dump(manifest, f)
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        env["CUDA_VISIBLE_DEVICES"] = env.get("CUDA_VISIBLE_DEVICES", "")
+        proc = subprocess.run(
+            [sys.executable, "-c", _CHECK_SCRIPT, os.path.abspath(path), inputs_file, out_file],
+            cwd=work, env=env, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            tail = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
+            raise ExportError(f"Reloading the export {path!r} in a fresh process failed: {tail[0]}")
+        with open(out_file) as f:
+            results = json.load(f)
+    for i, case in enumerate(cases):
+        got = results[str(i)]
+        for key, expected in case["expected"].items():
+            if key not in got:
+                raise ExportError(f"Export {path!r} signature {case['signature']!r} has no "
+                                  f"output {key!r}; it returns {sorted(got)}")
+            _compare(path, case["signature"], key, np.asarray(got[key]), np.asarray(expected))
+
+
+def _compare(path, signature, key, got, expected):
+    where = f"export {path!r}, signature {signature!r}, output {key!r}"
+    if got.shape != expected.shape:
+        raise ExportError(f"Shape mismatch in {where}: {got.shape} vs {expected.shape} in memory")
+    if expected.dtype.kind in "fc":
+        if not np.all(np.isfinite(got)):
+            raise ExportError(f"Non-finite values in {where}")
+        if not np.allclose(got, expected, rtol=1e-4, atol=1e-5):
+            diff = float(np.max(np.abs(got - expected)))
+            raise ExportError(f"Reloaded {where} differs from the in-memory model by {diff:.3g}")
+    elif not np.array_equal(got.astype(str), expected.astype(str)):
+        raise ExportError(f"Reloaded {where} differs from the in-memory model")
+
+
+def image_classifier_archive(model, class_names, image_size, channels, rescale=1.0 / 255):
+    """An ``ExportArchive`` serving an image classifier from encoded bytes.
+
+    Signatures:
+
+    - ``serving_default(image_bytes: string[batch])``: PNG/JPEG/BMP/GIF bytes
+      of any size, grey or colour; decoded, converted to ``channels``,
+      resized to ``image_size`` and rescaled inside the graph.
+    - ``serve_images(images: float32[batch, h, w, channels])``: pixel values
+      in ``[0, 255]`` at the model's size.
+
+    Both return ``probabilities`` (float32) and ``label`` (class-name strings).
+
+    Args:
+        model: a ``keras.Model`` mapping rescaled images to probabilities.
+        class_names: list of str.
+        image_size: ``(height, width)``.
+        channels: int. 1, 3 or 4.
+        rescale: float. Factor applied to ``[0, 255]`` pixels before the model.
+
+    Returns:
+        ``(archive, serve_bytes, serve_images)``: the ``ExportArchive`` ready
+        for ``write_out`` and the two serving functions, callable in memory.
+
+    Example:
+
+    >>> from fmkeras.models import simple_cnn
+    >>> archive, _, _ = image_classifier_archive(simple_cnn((8, 8, 1), 2), ["a", "b"], (8, 8), 1)
+    """
+    height, width = image_size
+    names = tf.constant([str(c) for c in class_names])
+
+    def outputs(pixels):
+        probabilities = tf.cast(model(pixels * rescale, training=False), tf.float32)
+        label = tf.gather(names, tf.argmax(probabilities, axis=-1))
+        return {"probabilities": probabilities, "label": label}
+
+    def serve_bytes(image_bytes):
+        pixels = tf.map_fn(
+            lambda data: decode_image(data, channels, (height, width)),
+            image_bytes, fn_output_signature=tf.TensorSpec((height, width, channels), tf.float32))
+        return outputs(pixels)
+
+    def serve_images(images):
+        return outputs(tf.cast(images, tf.float32))
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", serve_bytes, input_signature=[
+        tf.TensorSpec((None,), tf.string, name="image_bytes")])
+    archive.add_endpoint("serve_images", serve_images, input_signature=[
+        tf.TensorSpec((None, height, width, channels), tf.float32, name="images")])
+    return archive, serve_bytes, serve_images
+
+
+def export_image_classifier(model, export_root, name, class_names, image_size, channels,
+                            rescale=1.0 / 255, sample_bytes=None, version=None, check=True):
+    """Export an image classifier for TF Serving and check the result.
+
+    Args:
+        model: ``keras.Model``. Maps rescaled images to probabilities.
+        export_root: str. E.g. ``<run_dir>/export``.
+        name: str. Model name, the folder under ``export_root``.
+        class_names: list of str. Returned as ``label``.
+        image_size: ``(height, width)`` the model expects.
+        channels: int. Colour channels the model expects.
+        rescale: float. Factor from ``[0, 255]`` pixels to model inputs.
+        sample_bytes: optional list of encoded images used by the check;
+            random PNGs are generated when omitted.
+        version: optional int. Defaults to the next free version.
+        check: bool. Reload in a fresh process and compare at two batch sizes.
+
+    Returns:
+        str. The version folder written.
+
+    Example:
+
+    >>> from fmkeras.models import simple_cnn
+    >>> path = export_image_classifier(simple_cnn((8, 8, 1), 2), tempfile.mkdtemp(), "demo",
+    ...                                ["a", "b"], (8, 8), 1, check=False)
+    >>> os.path.exists(os.path.join(path, "saved_model.pb"))
+    True
+    """
+    archive, serve_bytes, serve_images = image_classifier_archive(
+        model, class_names, image_size, channels, rescale)
+    path = write_versioned(export_root, name,
+                           lambda p: archive.write_out(p, verbose=False), version)
+    if check:
+        if not sample_bytes:
+            rng = np.random.default_rng(0)
+            sample_bytes = [tf.io.encode_png(rng.integers(0, 256, (13 + i, 11, channels),
+                                                          dtype=np.uint8)).numpy()
+                            for i in range(3)]
+        sample_bytes = list(sample_bytes)
+        cases = []
+        for batch in (sample_bytes[:1], sample_bytes[:3]):
+            expected = serve_bytes(tf.constant(batch))
+            cases.append({"signature": "serving_default", "input": "image_bytes",
+                          "value": batch, "expected": _numpy(expected)})
+        for n in (1, 3):
+            images = np.random.default_rng(n).uniform(
+                0, 255, (n, *image_size, channels)).astype(np.float32)
+            cases.append({"signature": "serve_images", "input": "images", "value": images,
+                          "expected": _numpy(serve_images(tf.constant(images)))})
+        try:
+            check_export(path, cases)
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+    return path
+
+
+def _numpy(outputs):
+    return {k: (v.numpy().astype(str) if v.dtype == tf.string else v.numpy())
+            for k, v in outputs.items()}

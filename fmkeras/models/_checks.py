@@ -1,0 +1,33 @@
+"""Argument checks shared by the builders (errors name what was received)."""
+
+import numbers
+
+
+def check_positive_int(name, value):
+    """Raise ``ValueError`` unless ``value`` is a positive integer."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"Expected {name} to be a positive integer. Received: {name}={value!r}")
+    return int(value)
+
+
+def check_rate(name, value):
+    """Raise ``ValueError`` unless ``0 <= value < 1``."""
+    if not isinstance(value, numbers.Real) or not 0 <= value < 1:
+        raise ValueError(f"Expected {name} in [0, 1). Received: {name}={value!r}")
+    return float(value)
+
+
+def check_input_shape(shape, rank=None):
+    """Return ``shape`` as a tuple of positive ints (or ``None`` dims), checking its rank."""
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        raise ValueError(
+            f"Expected input_shape to be a tuple such as (32, 32, 3). Received: {shape!r}"
+        ) from None
+    bad = [d for d in shape if d is not None and (
+        isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1)]
+    if bad or not shape or (rank is not None and len(shape) != rank):
+        expected = f"{rank} positive integers" if rank else "positive integers"
+        raise ValueError(f"Expected input_shape of {expected}. Received: input_shape={shape!r}")
+    return tuple(None if d is None else int(d) for d in shape)

@@ -1,0 +1,136 @@
+"""What every task shares: the run directory, its files and the result object."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import sys
+
+from fmkeras import config as config_lib
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What ``tasks.<task>.run(config)`` returns.
+
+    Attributes:
+        run_dir: str. The run directory.
+        metrics: dict. The contents of ``metrics.json``.
+        model: the trained ``keras.Model`` (best weights).
+        export_path: optional str. The SavedModel version folder.
+    """
+
+    run_dir: str
+    metrics: dict
+    model: object = None
+    export_path: str | None = None
+
+
+def default_run_dir(task):
+    """``runs/<task>-<UTC timestamp>`` under the current directory.
+
+    Example:
+
+    >>> default_run_dir("image-classification").startswith("runs/image-classification-")
+    True
+    """
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return os.path.join("runs", f"{task}-{stamp}")
+
+
+def prepare_run_dir(run_dir, config, task):
+    """Create the run directory and write ``config.yaml`` before training starts.
+
+    Args:
+        run_dir: str. Folder to create (or reuse, to resume a run).
+        config: the task's config dataclass.
+        task: str. Task name, recorded in ``config.yaml``.
+
+    Returns:
+        str. The run directory.
+
+    Example:
+
+    >>> @dataclasses.dataclass
+    ... class C:
+    ...     seed: int = 1
+    >>> path = prepare_run_dir("/tmp/fmkeras-example-run", C(), "demo")
+    """
+    os.makedirs(os.path.join(run_dir, "plots"), exist_ok=True)
+    config_lib.save_config(config, os.path.join(run_dir, "config.yaml"), task=task)
+    return run_dir
+
+
+def write_json(path, data):
+    """Write ``data`` as indented JSON (atomically: temporary file then rename).
+
+    Example:
+
+    >>> write_json("/tmp/fmkeras-example.json", {"a": 1})
+    """
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=True, ensure_ascii=False)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def package_versions():
+    """Versions of Python, the platform and the packages a run depends on.
+
+    Example:
+
+    >>> "tensorflow" in package_versions()
+    True
+    """
+    import importlib.metadata as md
+
+    versions = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for name in ("fmkeras", "tensorflow", "keras", "numpy", "scikit-learn"):
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def write_report(run_dir, title, metrics, per_class=None, plots=(), sections=()):
+    """Write ``report.md``: metrics, per-class table, plots, config and versions.
+
+    Args:
+        run_dir: str. The run directory (holding ``config.yaml``).
+        title: str. Report title.
+        metrics: dict. Flat metrics, as in ``metrics.json``.
+        per_class: optional list of per-class dicts (see
+            :func:`fmkeras.evaluation.classification.per_class_table`).
+        plots: iterable of image paths relative to ``run_dir``.
+        sections: iterable of ``(heading, markdown)`` pairs added before the config.
+
+    Example:
+
+    >>> write_report("/tmp/fmkeras-example-run", "Demo", {"test_accuracy": 0.5})
+    """
+    from fmkeras.evaluation.classification import per_class_table
+
+    lines = [f"# {title}", "", "## Metrics", "", "| metric | value |", "|---|---|"]
+    for key, value in sorted(metrics.items()):
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        lines.append(f"| {key} | {shown} |")
+    if per_class:
+        lines += ["", "## Per-class results", "", per_class_table(per_class)]
+    for plot in plots:
+        name = os.path.splitext(os.path.basename(plot))[0].replace("_", " ")
+        lines += ["", f"## {name.capitalize()}", "", f"![{name}]({plot})"]
+    for heading, body in sections:
+        lines += ["", f"## {heading}", "", body]
+    config_path = os.path.join(run_dir, "config.yaml")
+    if os.path.exists(config_path):
+        with open(config_path, encoding="utf-8") as f:
+            lines += ["", "## Config", "", "```yaml", f.read().rstrip(), "```"]
+    lines += ["", "## Versions", "", "| package | version |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in package_versions().items()]
+    with open(os.path.join(run_dir, "report.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")

@@ -1,0 +1,261 @@
+"""Image classification: folder of class folders -> trained, evaluated, exported CNN.
+
+``run(config)`` reads ``data.path`` (a folder with ``train/`` and ``test/``
+class folders, or a single folder of class folders from which a test split
+is held out), builds ``model.name`` with the builders of
+:mod:`fmkeras.models`, trains with ``model.fit`` and the standard callbacks,
+evaluates on the test split and exports a SavedModel that serves image bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import keras
+import numpy as np
+
+from fmkeras import export as export_lib
+from fmkeras import models
+from fmkeras.data import images as image_data
+from fmkeras.errors import ConfigError, DataError
+from fmkeras.evaluation import classification as cls_eval
+from fmkeras.tasks import base
+from fmkeras.training import callbacks as callbacks_lib
+from fmkeras.training import optimizers
+from fmkeras.training import precision as precision_lib
+
+TASK = "image-classification"
+
+
+@dataclasses.dataclass
+class ImageDataConfig:
+    """Where the images are and how they are batched.
+
+    ``path`` is a folder holding ``train/`` and ``test/`` class folders, or a
+    folder of class folders from which ``test_split`` is held out.
+    """
+
+    path: str = "data/digits"
+    image_size: int = 16
+    color_mode: str = "grayscale"
+    batch_size: int = 32
+    validation_split: float = 0.1
+    test_split: float = 0.2
+    rescale: float = 1.0 / 255
+    cache: bool = True
+
+
+@dataclasses.dataclass
+class ImageModelConfig:
+    """Which builder and its main hyper-parameters."""
+
+    name: str = "simple_cnn"
+    filters: tuple[int, ...] = (32, 64, 128)
+    dense_units: int = 128
+    dropout: float = 0.5
+    depth: int = 20
+    base_filters: int = 16
+    hidden_units: tuple[int, ...] = (256, 128)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Optimisation settings."""
+
+    epochs: int = 15
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
+    early_stopping_patience: int | None = None
+    steps_per_execution: int = 1
+    verbose: str = "auto"
+
+
+@dataclasses.dataclass
+class ExportConfig:
+    """SavedModel export settings (``<run_dir>/export/<name>/<version>``)."""
+
+    enabled: bool = True
+    name: str = "image_classifier"
+    check: bool = True
+
+
+@dataclasses.dataclass
+class ImageClassificationConfig:
+    """The full config of the image-classification task.
+
+    Example:
+
+    >>> config = ImageClassificationConfig()
+    >>> config.data.path, config.model.name
+    ('data/digits', 'simple_cnn')
+    """
+
+    data: ImageDataConfig = dataclasses.field(default_factory=ImageDataConfig)
+    model: ImageModelConfig = dataclasses.field(default_factory=ImageModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+    precision: str = "auto"
+    jit_compile: bool | str = "auto"
+    seed: int = 42
+    deterministic: bool = False
+    run_dir: str | None = None
+
+
+MODEL_NAMES = ("simple_cnn", "resnet", "mlp")
+
+
+def build_model(model_config, input_shape, num_classes):
+    """Build the configured classifier (uncompiled).
+
+    Example:
+
+    >>> build_model(ImageModelConfig(), (16, 16, 1), 10).name
+    'simple_cnn'
+    """
+    name = model_config.name
+    if name == "simple_cnn":
+        return models.simple_cnn(input_shape, num_classes, filters=model_config.filters,
+                                 dense_units=model_config.dense_units,
+                                 dropout=model_config.dropout)
+    if name == "resnet":
+        return models.resnet(input_shape, num_classes, depth=model_config.depth,
+                             base_filters=model_config.base_filters)
+    if name == "mlp":
+        return models.mlp(input_shape, model_config.hidden_units, num_classes,
+                          dropout=model_config.dropout)
+    raise ConfigError(
+        f"Unknown model.name. Expected one of {list(MODEL_NAMES)}. Received: {name!r}")
+
+
+def load_splits(data_config, seed):
+    """Index ``data.path`` into train, validation and test :class:`DirectoryIndex` es.
+
+    Example:
+
+    >>> train, val, test = load_splits(ImageDataConfig(), seed=0)
+    >>> len(train) + len(val), len(test)
+    (1437, 360)
+    """
+    root = data_config.path
+    if not os.path.isdir(root):
+        raise DataError(
+            f"Image data folder not found. Expected a folder with train/ and test/ class "
+            f"folders, or a folder of class folders. Received: data.path={root!r}")
+    train_dir, test_dir = os.path.join(root, "train"), os.path.join(root, "test")
+    if os.path.isdir(train_dir):
+        train = image_data.index_directory(train_dir)
+        if os.path.isdir(test_dir):
+            test = image_data.index_directory(test_dir, classes=train.class_names,
+                                              allow_empty_classes=True)
+        else:
+            train, test = image_data.split_index(train, data_config.test_split, seed)
+    else:
+        train, test = image_data.split_index(image_data.index_directory(root),
+                                             data_config.test_split, seed)
+    if test is None:
+        raise DataError(f"No test images: {root!r} has no test/ folder and data.test_split=0.")
+    train, val = image_data.split_index(train, data_config.validation_split, seed + 1)
+    return train, val, test
+
+
+def _check_config(config):
+    if config.train.epochs < 1:
+        raise ConfigError(f"Expected train.epochs >= 1. Received: {config.train.epochs}")
+    if config.data.batch_size < 1:
+        raise ConfigError(f"Expected data.batch_size >= 1. Received: {config.data.batch_size}")
+    if config.data.image_size < 1:
+        raise ConfigError(f"Expected data.image_size >= 1. Received: {config.data.image_size}")
+    if config.jit_compile not in (True, False, "auto"):
+        raise ConfigError(
+            f"Expected jit_compile true, false or 'auto'. Received: {config.jit_compile!r}")
+    image_data.check_color_mode(config.data.color_mode)
+
+
+def run(config):
+    """Train, evaluate and export an image classifier as configured.
+
+    Args:
+        config: :class:`ImageClassificationConfig`.
+
+    Returns:
+        :class:`fmkeras.tasks.base.RunResult`.
+
+    Example:
+
+    >>> config = ImageClassificationConfig()
+    >>> config.train.epochs = 1
+    >>> result = run(config)  # doctest: +SKIP
+    >>> result.metrics["test_accuracy"]  # doctest: +SKIP
+    """
+    _check_config(config)
+    run_dir = config.run_dir or base.default_run_dir(TASK)
+    train_index, val_index, test_index = load_splits(config.data, config.seed)
+    resume = os.path.isdir(os.path.join(run_dir, "checkpoints", "backup"))
+    base.prepare_run_dir(run_dir, config, TASK)
+    precision_lib.set_seed(config.seed, config.deterministic)
+    policy = precision_lib.set_precision(config.precision)
+
+    data = config.data
+    size = (data.image_size, data.image_size)
+    channels = image_data.check_color_mode(data.color_mode)
+    class_names = train_index.class_names
+    dataset = dict(image_size=size, batch_size=data.batch_size, color_mode=data.color_mode,
+                   rescale=data.rescale, num_classes=len(class_names), label_mode="categorical")
+    train_ds = image_data.image_dataset(train_index, shuffle=True, seed=config.seed,
+                                        cache=data.cache, **dataset)
+    val_ds = (image_data.image_dataset(val_index, cache=data.cache, **dataset)
+              if val_index is not None else None)
+    test_ds = image_data.image_dataset(test_index, cache=False, **dataset)
+
+    model = build_model(config.model, (*size, channels), len(class_names))
+    steps = int(np.ceil(len(train_index) / data.batch_size))
+    train = config.train
+    lr = optimizers.learning_rate_schedule(
+        train.learning_rate, train.schedule, total_steps=steps * train.epochs,
+        warmup_steps=steps * train.warmup_epochs)
+    model.compile(
+        optimizer=optimizers.build_optimizer(train.optimizer, lr, train.weight_decay),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing),
+        metrics=["accuracy"], jit_compile=config.jit_compile,
+        steps_per_execution=train.steps_per_execution)
+    monitor = "val_loss" if val_ds is not None else "loss"
+    callbacks = callbacks_lib.standard_callbacks(
+        run_dir, monitor=monitor, early_stopping_patience=train.early_stopping_patience,
+        reduce_lr_patience=2 if train.schedule == "plateau" else None, resume=resume)
+    model.fit(train_ds, validation_data=val_ds, epochs=train.epochs, callbacks=callbacks,
+              verbose=train.verbose, shuffle=False)
+
+    best = os.path.join(run_dir, "checkpoints", "best.keras")
+    if os.path.exists(best):
+        model.load_weights(best)
+    test_loss, _ = model.evaluate(test_ds, verbose=0)
+    probabilities = model.predict(test_ds, verbose=0)
+    scores = cls_eval.classification_metrics(test_index.labels, probabilities, class_names)
+    metrics = {"test_accuracy": scores["accuracy"], "test_loss": float(test_loss),
+               "macro_f1": scores["macro_f1"], "precision_policy": policy,
+               "num_parameters": int(model.count_params()),
+               "train_samples": len(train_index), "test_samples": len(test_index)}
+
+    plots = os.path.join(run_dir, "plots")
+    history = cls_eval.read_history(os.path.join(run_dir, "history.csv"))
+    cls_eval.plot_training_curves(history, os.path.join(plots, "training_curves.png"))
+    cls_eval.plot_confusion_matrix(scores["confusion_matrix"], class_names,
+                                   os.path.join(plots, "confusion_matrix.png"))
+
+    export_path = None
+    if config.export.enabled:
+        samples = [open(p, "rb").read() for p in test_index.paths[:3]]
+        export_path = export_lib.export_image_classifier(
+            model, os.path.join(run_dir, "export"), config.export.name, class_names, size,
+            channels, rescale=data.rescale, sample_bytes=samples, check=config.export.check)
+        metrics["export_path"] = export_path
+    base.write_json(os.path.join(run_dir, "metrics.json"), metrics)
+    base.write_report(run_dir, "Image classification", metrics, scores["per_class"],
+                      ["plots/training_curves.png", "plots/confusion_matrix.png"])
+    return base.RunResult(run_dir=run_dir, metrics=metrics, model=model,
+                          export_path=export_path)

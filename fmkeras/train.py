@@ -1,0 +1,134 @@
+"""The fmkeras command line: ``python -m fmkeras.train [TASK] [options]``.
+
+With no arguments it trains the default CNN on the embedded digits
+(``image-classification`` with the ``digits_cnn`` preset) and prints where
+the run went. Errors a user can cause are printed as one line on stderr with
+a non-zero exit code; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import importlib
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up chatter out
+
+# task name -> (module, config class, default preset)
+TASKS = {
+    "image-classification": ("fmkeras.tasks.image_classification",
+                             "ImageClassificationConfig", "digits_cnn"),
+}
+DEFAULT_TASK = "image-classification"
+EXIT_USER_ERROR = 2
+EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130
+
+
+def build_parser():
+    """The argument parser (its ``--help`` lists tasks and presets)."""
+    from fmkeras.config import list_presets
+
+    epilog = ["tasks (default preset):"]
+    epilog += [f"  {name:24s} {preset}" for name, (_, _, preset) in TASKS.items()]
+    epilog += ["", f"presets: {', '.join(list_presets())}", "",
+               "examples:",
+               "  python -m fmkeras.train",
+               "  python -m fmkeras.train image-classification --config digits_cnn "
+               "--set train.epochs=3 --set data.image_size=32 --run-dir runs/demo"]
+    parser = argparse.ArgumentParser(
+        prog="python -m fmkeras.train",
+        description="Train, evaluate and export an fmkeras model.",
+        epilog="\n".join(epilog), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("task", nargs="?", default=DEFAULT_TASK,
+                        help=f"what to train (default: {DEFAULT_TASK})")
+    parser.add_argument("--config", "-c", help="YAML file or preset name (default: the "
+                        "task's preset)")
+    parser.add_argument("--set", "-s", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a config value, e.g. "
+                        "train.epochs=3 (repeatable)")
+    parser.add_argument("--run-dir", help="where the run goes (default: runs/<task>-<time>); "
+                        "rerunning with the same folder resumes an interrupted run")
+    parser.add_argument("--precision", choices=["auto", "float32", "mixed_float16",
+                                                "mixed_bfloat16"],
+                        help="dtype policy (overrides the config)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def _task_entry(task):
+    from fmkeras.errors import ConfigError
+
+    if task not in TASKS:
+        match = difflib.get_close_matches(task, TASKS, n=1)
+        hint = f" (did you mean {match[0]!r}?)" if match else ""
+        raise ConfigError(f"Unknown task {task!r}{hint}. Expected one of {sorted(TASKS)}.")
+    module_name, config_name, preset = TASKS[task]
+    module = importlib.import_module(module_name)
+    return module, getattr(module, config_name), preset
+
+
+def load_task_config(task, config_path=None, overrides=(), run_dir=None, precision=None):
+    """Resolve the task's module and config from the CLI arguments.
+
+    Example:
+
+    >>> _, config = load_task_config("image-classification", overrides=["train.epochs=2"])
+    >>> config.train.epochs
+    2
+    """
+    from fmkeras import config as config_lib
+    from fmkeras.errors import ConfigError
+
+    module, config_cls, preset = _task_entry(task)
+    source = config_path or preset
+    file_task = config_lib.read_yaml(config_lib.resolve_config_path(source)).get("task")
+    if file_task and file_task != task:
+        raise ConfigError(f"Config {source!r} is for task {file_task!r}, not {task!r}. "
+                          f"Run: python -m fmkeras.train {file_task} --config {source}")
+    overrides = list(overrides)
+    if run_dir:
+        overrides.append(f"run_dir={run_dir}")
+    if precision:
+        overrides.append(f"precision={precision}")
+    return module, config_lib.load_config(config_cls, source, overrides)
+
+
+def main(argv=None):
+    """Entry point; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        module, config = load_task_config(args.task, args.config, args.overrides,
+                                          args.run_dir, args.precision)
+        # The policy must be in force before the task builds any model.
+        from fmkeras.training.precision import set_precision
+        set_precision(config.precision)
+        result = module.run(config)
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command with --run-dir to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:  # noqa: BLE001 - the CLI turns every error into one line
+        if args.debug:
+            raise
+        from fmkeras.errors import FmkerasError
+        if isinstance(err, FmkerasError):
+            print(f"error: {err}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        print(f"error: {type(err).__name__}: {err} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"\nRun directory: {result.run_dir}")
+    for key, value in result.metrics.items():
+        if isinstance(value, float):
+            print(f"  {key}: {value:.4f}")
+    if result.export_path:
+        print(f"  export: {result.export_path}")
+    print(f"  report: {os.path.join(result.run_dir, 'report.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Precision policy and reproducibility, set before any model is built."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from fmkeras.errors import ConfigError
+
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+
+
+def _gpu_compute_capability():
+    """The highest compute capability among visible NVIDIA GPUs, or ``None``."""
+    best = None
+    for gpu in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(gpu)
+        capability = details.get("compute_capability")
+        if capability and (best is None or capability > best):
+            best = capability
+    return best
+
+
+def resolve_precision(precision="auto"):
+    """Turn a ``precision`` setting into a Keras dtype policy name.
+
+    ``auto`` picks ``mixed_float16`` on an NVIDIA GPU of compute capability
+    7.0 or more (Tensor Cores) and ``float32`` otherwise. ``mixed_float16`` is
+    refused on a machine without a GPU, where float16 math is emulated and
+    slow; use ``mixed_bfloat16`` there.
+
+    Args:
+        precision: str. One of ``auto``, ``float32``, ``mixed_float16``,
+            ``mixed_bfloat16``.
+
+    Returns:
+        str. The policy name.
+
+    Example:
+
+    >>> resolve_precision("float32")
+    'float32'
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(
+            f"Unknown precision. Expected one of {list(PRECISIONS)}. "
+            f"Received: precision={precision!r}")
+    capability = _gpu_compute_capability()
+    if precision == "auto":
+        return "mixed_float16" if capability and capability >= (7, 0) else "float32"
+    if precision == "mixed_float16" and capability is None:
+        raise ConfigError(
+            "precision='mixed_float16' needs a GPU; float16 on a CPU is emulated and slow. "
+            "Expected 'float32' or 'mixed_bfloat16' on this machine. "
+            "Received: precision='mixed_float16'")
+    return precision
+
+
+def set_precision(precision="auto"):
+    """Resolve ``precision`` and make it Keras' global dtype policy.
+
+    Call this before building any model: layers read the global policy when
+    they are created.
+
+    Args:
+        precision: str. See :func:`resolve_precision`.
+
+    Returns:
+        str. The policy now in force.
+
+    Example:
+
+    >>> set_precision("float32")
+    'float32'
+    """
+    policy = resolve_precision(precision)
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+def set_seed(seed, deterministic=False):
+    """Seed Python, NumPy and TensorFlow; optionally make TF ops deterministic.
+
+    Args:
+        seed: int. The seed.
+        deterministic: bool. Also enable TensorFlow op determinism, so two
+            runs on the same CPU give bitwise-identical weights.
+
+    Example:
+
+    >>> set_seed(42)
+    """
+    keras.utils.set_random_seed(int(seed))
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
