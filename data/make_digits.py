@@ -34,7 +34,7 @@ def main():
         for i in sorted(chosen):
             folder = os.path.join(args.out, split, str(digits.target[i]))
             os.makedirs(folder, exist_ok=True)
-            Image.fromarray(images[i], mode="L").save(
+            Image.fromarray(images[i]).save(
                 os.path.join(folder, f"{i:04d}.png"), optimize=True)
     print(f"wrote {len(train_idx)} train and {len(test_idx)} test images to {args.out}")
 

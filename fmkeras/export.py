@@ -104,7 +104,8 @@ for case in cases:
         value = tf.constant(blob["data"])
     outputs = fn(**{case["input"]: value})
     results[case["id"]] = {
-        k: (v.numpy().astype(str).tolist() if v.dtype == tf.string else v.numpy().tolist())
+        k: (np.char.decode(v.numpy().astype(bytes), "utf-8").tolist()
+            if v.dtype == tf.string else v.numpy().tolist())
         for k, v in outputs.items()}
 assert "fmkeras" not in sys.modules, "the check must not import fmkeras"
 with open(out_file, "w") as f:
@@ -295,5 +296,6 @@ def export_image_classifier(model, export_root, name, class_names, image_size, c
 
 
 def _numpy(outputs):
-    return {k: (v.numpy().astype(str) if v.dtype == tf.string else v.numpy())
+    return {k: (np.char.decode(v.numpy().astype(bytes), "utf-8") if v.dtype == tf.string
+                else v.numpy())
             for k, v in outputs.items()}

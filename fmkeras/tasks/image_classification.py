@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pathlib
 
 import keras
 import numpy as np
@@ -72,7 +73,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     early_stopping_patience: int | None = None
     steps_per_execution: int = 1
-    verbose: str = "auto"
+    verbose: int | str = "auto"
 
 
 @dataclasses.dataclass
@@ -176,11 +177,12 @@ def _check_config(config):
     image_data.check_color_mode(config.data.color_mode)
 
 
-def run(config):
+def run(config, callbacks=()):
     """Train, evaluate and export an image classifier as configured.
 
     Args:
         config: :class:`ImageClassificationConfig`.
+        callbacks: iterable of extra ``keras.callbacks.Callback`` for ``fit``.
 
     Returns:
         :class:`fmkeras.tasks.base.RunResult`.
@@ -195,7 +197,7 @@ def run(config):
     _check_config(config)
     run_dir = config.run_dir or base.default_run_dir(TASK)
     train_index, val_index, test_index = load_splits(config.data, config.seed)
-    resume = os.path.isdir(os.path.join(run_dir, "checkpoints", "backup"))
+    resume = callbacks_lib.prepare_resume(run_dir) is not None
     base.prepare_run_dir(run_dir, config, TASK)
     precision_lib.set_seed(config.seed, config.deterministic)
     policy = precision_lib.set_precision(config.precision)
@@ -226,9 +228,13 @@ def run(config):
     monitor = "val_loss" if val_ds is not None else "loss"
     callbacks = callbacks_lib.standard_callbacks(
         run_dir, monitor=monitor, early_stopping_patience=train.early_stopping_patience,
-        reduce_lr_patience=2 if train.schedule == "plateau" else None, resume=resume)
-    model.fit(train_ds, validation_data=val_ds, epochs=train.epochs, callbacks=callbacks,
-              verbose=train.verbose, shuffle=False)
+        reduce_lr_patience=2 if train.schedule == "plateau" else None, resume=resume,
+        extra=callbacks)
+    try:
+        model.fit(train_ds, validation_data=val_ds, epochs=train.epochs, callbacks=callbacks,
+                  verbose=train.verbose, shuffle=False)
+    finally:
+        callbacks_lib.close_files(callbacks)
 
     best = os.path.join(run_dir, "checkpoints", "best.keras")
     if os.path.exists(best):
@@ -249,7 +255,7 @@ def run(config):
 
     export_path = None
     if config.export.enabled:
-        samples = [open(p, "rb").read() for p in test_index.paths[:3]]
+        samples = [pathlib.Path(p).read_bytes() for p in test_index.paths[:3]]
         export_path = export_lib.export_image_classifier(
             model, os.path.join(run_dir, "export"), config.export.name, class_names, size,
             channels, rescale=data.rescale, sample_bytes=samples, check=config.export.check)

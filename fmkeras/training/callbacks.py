@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import math
 import os
 
@@ -47,6 +49,52 @@ class NaNGuard(keras.callbacks.Callback):
                     f"Training stopped: {key} became {float(value)} at epoch {self._epoch + 1}, "
                     f"batch {batch}. Expected finite values; lower the learning rate or check "
                     f"the data. The last good checkpoint is kept.")
+
+
+def prepare_resume(run_dir):
+    """Get ``run_dir`` ready to resume; return the completed epochs, or ``None``.
+
+    ``BackupAndRestore`` resumes from the last completed epoch. The history
+    may hold a row for an epoch the backup does not (killed between the two
+    writes), so rows from that epoch on are dropped: each epoch appears once.
+
+    Args:
+        run_dir: str. The run directory.
+
+    Example:
+
+    >>> prepare_resume("/nonexistent/run") is None
+    True
+    """
+    metadata = os.path.join(run_dir, "checkpoints", "backup", "training_metadata.json")
+    if not os.path.exists(metadata):
+        return None
+    with open(metadata, encoding="utf-8") as f:
+        completed = int(json.load(f).get("epoch", 0))
+    history = os.path.join(run_dir, "history.csv")
+    if os.path.exists(history):
+        with open(history, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+        kept = rows[:1] + [r for r in rows[1:] if r and int(r[0]) < completed]
+        with open(history, "w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows(kept)
+    return completed
+
+
+def close_files(callbacks):
+    """Close files callbacks left open when ``fit`` ended by an exception.
+
+    ``CSVLogger`` closes its file in ``on_train_end``, which Keras skips when
+    training raises; the history written so far must still reach the disk.
+
+    Example:
+
+    >>> close_files([])
+    """
+    for callback in callbacks:
+        handle = getattr(callback, "csv_file", None)
+        if handle is not None and not handle.closed:
+            handle.close()
 
 
 def standard_callbacks(run_dir, monitor="val_loss", early_stopping_patience=None,

@@ -65,7 +65,8 @@ def build_optimizer(name, learning_rate, weight_decay=None):
     """
     if name not in OPTIMIZERS:
         raise ConfigError(
-            f"Unknown optimizer. Expected one of {sorted(OPTIMIZERS)}. Received: optimizer={name!r}")
+            f"Unknown optimizer. Expected one of {sorted(OPTIMIZERS)}. "
+            f"Received: optimizer={name!r}")
     kwargs = {"learning_rate": learning_rate}
     if weight_decay:
         kwargs["weight_decay"] = weight_decay

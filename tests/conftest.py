@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny image folders, dtype-policy hygiene, the --runslow flag."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DIGITS = os.path.join(REPO, "data", "digits")
+SHARED_DATASETS = os.path.join(os.path.dirname(REPO), "shared", "datasets")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", help="run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: pass --runslow to run")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _restore_dtype_policy():
+    """Tests may change the global policy; never leak it into the next test."""
+    policy = keras.mixed_precision.global_policy().name
+    yield
+    keras.mixed_precision.set_global_policy(policy)
+
+
+def write_image_folder(root, classes=("a", "b"), per_class=4, size=(12, 10), mode="RGB",
+                       fmt="png", seed=0):
+    """Write ``root/<class>/<i>.<fmt>`` with class-dependent brightness; return root."""
+    rng = np.random.default_rng(seed)
+    channels = {"L": 1, "RGB": 3, "RGBA": 4}[mode]
+    for c, name in enumerate(classes):
+        folder = os.path.join(root, name)
+        os.makedirs(folder, exist_ok=True)
+        for i in range(per_class):
+            base = 40 + 160 * c / max(1, len(classes) - 1)
+            pixels = np.clip(rng.normal(base, 20, (*size, channels)), 0, 255).astype(np.uint8)
+            image = Image.fromarray(pixels[..., 0] if channels == 1 else pixels)
+            image.save(os.path.join(folder, f"img{i}.{fmt}"))
+    return str(root)
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """A tiny two-class RGB PNG folder."""
+    return write_image_folder(tmp_path / "images")

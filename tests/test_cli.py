@@ -1,0 +1,102 @@
+"""``python -m fmkeras.train``: help, bad inputs as one line with a non-zero exit."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, write_image_folder
+
+from fmkeras import train
+
+
+def run_main(capsys, *argv):
+    code = train.main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code, err, *fragments):
+    assert code == train.EXIT_USER_ERROR
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_help_lists_tasks_and_presets(capsys):
+    with pytest.raises(SystemExit) as info:
+        train.main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "image-classification" in out and "digits_cnn" in out and "--set" in out
+
+
+def test_missing_data_directory(capsys, tmp_path):
+    code, _, err = run_main(capsys, "--set", "data.path=/no/such/folder",
+                            "--run-dir", str(tmp_path / "r"))
+    assert_one_line_error(code, err, "not found", "/no/such/folder")
+
+
+def test_directory_without_images(capsys, tmp_path):
+    os.makedirs(tmp_path / "data" / "cats")
+    (tmp_path / "data" / "cats" / "readme.txt").write_text("no images here")
+    code, _, err = run_main(capsys, "--set", f"data.path={tmp_path / 'data'}",
+                            "--run-dir", str(tmp_path / "r"))
+    assert_one_line_error(code, err, "without images", "cats")
+
+
+def test_empty_class_folder(capsys, tmp_path):
+    root = write_image_folder(tmp_path / "data")
+    os.makedirs(os.path.join(root, "zebra"))
+    code, _, err = run_main(capsys, "--set", f"data.path={root}", "--run-dir",
+                            str(tmp_path / "r"))
+    assert_one_line_error(code, err, "'zebra'")
+
+
+def test_unknown_config_key_suggests(capsys):
+    code, _, err = run_main(capsys, "--set", "train.epoch=3")
+    assert_one_line_error(code, err, "train.epoch", "did you mean 'train.epochs'")
+
+
+def test_wrong_value_type(capsys):
+    code, _, err = run_main(capsys, "--set", "data.batch_size=big")
+    assert_one_line_error(code, err, "data.batch_size", "int", "'big'")
+
+
+def test_unknown_task(capsys):
+    code, _, err = run_main(capsys, "image-clasification")
+    assert_one_line_error(code, err, "Unknown task", "did you mean 'image-classification'")
+
+
+def test_config_for_another_task(capsys, tmp_path):
+    other = tmp_path / "other.yaml"
+    other.write_text("task: translation\n")
+    code, _, err = run_main(capsys, "--config", str(other))
+    assert_one_line_error(code, err, "is for task 'translation'")
+
+
+def test_real_process_exit_code_and_no_traceback(tmp_path):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fmkeras.train", "image-classification", "--set",
+         "data.path=/no/such/folder", "--run-dir", str(tmp_path / "r")],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert proc.returncode == train.EXIT_USER_ERROR
+    assert "Traceback" not in proc.stderr
+    assert "error: Image data folder not found" in proc.stderr
+
+
+def test_cli_trains_and_prints_where_the_run_went(capsys, tmp_path):
+    root = write_image_folder(tmp_path / "data", per_class=5)
+    run_dir = tmp_path / "run"
+    code, out, _ = run_main(
+        capsys, "image-classification", "--config", "digits_cnn", "--set", f"data.path={root}",
+        "--set", "train.epochs=1", "--set", "data.image_size=8", "--set", "data.color_mode=rgb",
+        "--set", "export.check=false", "--set", "train.warmup_epochs=0",
+        "--run-dir", str(run_dir))
+    assert code == 0
+    assert f"Run directory: {run_dir}" in out
+    assert "test_accuracy" in out
+    assert (run_dir / "export" / "digits_cnn" / "1" / "saved_model.pb").exists()

@@ -1,0 +1,87 @@
+"""Config loading: presets, --set overrides, unknown keys, wrong types, safe YAML."""
+
+import dataclasses
+
+import pytest
+
+from fmkeras import config as config_lib
+from fmkeras.errors import ConfigError
+from fmkeras.tasks.image_classification import ImageClassificationConfig
+
+
+def load(*overrides, source="digits_cnn"):
+    return config_lib.load_config(ImageClassificationConfig, source, list(overrides))
+
+
+def test_preset_by_name_and_overrides():
+    config = load("train.epochs=3", "data.image_size=32", "model.filters=[8, 16]")
+    assert config.train.epochs == 3
+    assert config.data.image_size == 32
+    assert config.model.filters == (8, 16)
+    assert config.data.path == "data/digits"
+
+
+def test_int_is_accepted_for_float_and_union_types():
+    config = load("train.learning_rate=1", "jit_compile=false", "train.early_stopping_patience=3")
+    assert config.train.learning_rate == 1.0 and isinstance(config.train.learning_rate, float)
+    assert config.jit_compile is False
+    assert config.train.early_stopping_patience == 3
+
+
+def test_unknown_key_suggests_the_closest():
+    with pytest.raises(ConfigError, match=r"Unknown config key 'train\.epoch'.*'train\.epochs'"):
+        load("train.epoch=3")
+    with pytest.raises(ConfigError, match=r"'data\.image_size'"):
+        load("data.imagesize=3")
+
+
+def test_wrong_type_names_key_expected_and_received():
+    with pytest.raises(ConfigError) as info:
+        load("train.epochs=three")
+    message = str(info.value)
+    assert "train.epochs" in message and "int" in message and "'three'" in message
+    with pytest.raises(ConfigError, match="data.image_size"):
+        load("data.image_size=true")
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        load("train.epochs")
+    with pytest.raises(ConfigError, match="is a value, not a section"):
+        load("seed.x=1")
+
+
+def test_unknown_preset_suggests():
+    with pytest.raises(ConfigError, match="did you mean 'digits_cnn'"):
+        load(source="digits_cn")
+
+
+def test_yaml_python_tags_are_rejected_without_running(tmp_path):
+    canary = tmp_path / "canary"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"seed: !!python/object/apply:os.system ['touch {canary}']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        config_lib.load_config(ImageClassificationConfig, str(bad))
+    assert not canary.exists()
+
+
+def test_non_mapping_yaml(tmp_path):
+    bad = tmp_path / "list.yaml"
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        config_lib.load_config(ImageClassificationConfig, str(bad))
+
+
+def test_save_and_reload_round_trip(tmp_path):
+    config = load("train.epochs=4", "model.name=resnet")
+    path = tmp_path / "config.yaml"
+    config_lib.save_config(config, path, task="image-classification")
+    again = config_lib.load_config(ImageClassificationConfig, str(path))
+    assert again == config
+    assert dataclasses.asdict(again)["model"]["name"] == "resnet"
+
+
+def test_every_preset_loads():
+    for name in config_lib.list_presets():
+        data = config_lib.read_yaml(config_lib.resolve_config_path(name))
+        assert "task" in data, name

@@ -1,0 +1,100 @@
+"""SavedModel export: layout, signatures, reload without fmkeras, atomic writes."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from fmkeras import export
+from fmkeras.models import simple_cnn
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("export"))
+    model = simple_cnn((8, 8, 1), 3, filters=(4, 8), dense_units=8)
+    path = export.export_image_classifier(model, root, "tiny", ["zero", "one", "two"], (8, 8), 1)
+    return model, root, path
+
+
+def png(shape, seed=0):
+    pixels = np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+    return tf.io.encode_png(pixels).numpy()
+
+
+def test_layout_is_tf_serving_versioned(exported):
+    _, root, path = exported
+    assert path == os.path.join(root, "tiny", "1")
+    assert os.path.exists(os.path.join(path, "saved_model.pb"))
+    assert [d for d in os.listdir(os.path.join(root, "tiny")) if d.startswith(".tmp")] == []
+
+
+def test_serving_default_takes_any_image_bytes_at_two_batch_sizes(exported):
+    model, _, path = exported
+    loaded = tf.saved_model.load(path)
+    serve = loaded.signatures["serving_default"]
+    colour_jpeg = tf.io.encode_jpeg(np.full((20, 30, 3), 128, np.uint8)).numpy()
+    grey_png = png((8, 8, 1))
+    for batch in ([grey_png], [grey_png, colour_jpeg, png((5, 9, 4), 2)]):
+        out = serve(image_bytes=tf.constant(batch))
+        assert out["probabilities"].shape == (len(batch), 3)
+        assert out["label"].dtype == tf.string
+        assert set(out["label"].numpy().astype(str)) <= {"zero", "one", "two"}
+    # The same pixels through the in-memory model give the same probabilities.
+    pixels = tf.io.decode_png(grey_png, channels=1)[None].numpy().astype("float32") / 255.0
+    expected = model.predict(pixels, verbose=0)
+    got = serve(image_bytes=tf.constant([grey_png]))["probabilities"].numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_float_signature_matches_bytes_signature(exported):
+    _, _, path = exported
+    loaded = tf.saved_model.load(path)
+    raw = png((8, 8, 1), 5)
+    pixels = tf.cast(tf.io.decode_png(raw, channels=1), tf.float32)[None]
+    a = loaded.signatures["serve_images"](images=pixels)["probabilities"]
+    b = loaded.signatures["serving_default"](image_bytes=tf.constant([raw]))["probabilities"]
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+
+
+def test_saved_model_cli_lists_both_signatures(exported):
+    _, _, path = exported
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    out = subprocess.run([cli, "show", "--dir", path, "--all"], capture_output=True,
+                         text=True, check=True).stdout
+    assert "signature_def['serving_default']" in out
+    assert "signature_def['serve_images']" in out
+    assert "image_bytes" in out and "probabilities" in out and "label" in out
+
+
+def test_second_export_gets_next_version(exported, tmp_path):
+    model, root, _ = exported
+    path = export.export_image_classifier(model, root, "tiny", ["zero", "one", "two"],
+                                          (8, 8), 1, check=False)
+    assert os.path.basename(path) == "2"
+
+
+def test_failed_write_leaves_no_version(tmp_path):
+    def boom(folder):
+        open(os.path.join(folder, "partial"), "w").close()
+        raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError, match="disk full"):
+        export.write_versioned(str(tmp_path), "m", boom)
+    assert os.listdir(tmp_path / "m") == []
+
+
+def test_check_detects_a_mismatch(exported):
+    _, _, path = exported
+    images = np.zeros((1, 8, 8, 1), np.float32)
+    case = {"signature": "serve_images", "input": "images", "value": images,
+            "expected": {"probabilities": np.zeros((1, 3), np.float32)}}
+    with pytest.raises(export.ExportError, match="differs from the in-memory model"):
+        export.check_export(path, [case])
+
+
+def test_bad_export_name(tmp_path):
+    with pytest.raises(export.ExportError, match="Received: 'a/b'"):
+        export.write_versioned(str(tmp_path), "a/b", lambda p: None)

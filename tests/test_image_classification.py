@@ -1,0 +1,119 @@
+"""The image-classification task end to end: run directory, metrics, resume, export."""
+
+import csv
+import json
+import os
+import pathlib
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import DIGITS, write_image_folder
+
+from fmkeras import config as config_lib
+from fmkeras.data.images import index_directory
+from fmkeras.tasks import image_classification as task
+from fmkeras.training.callbacks import NonFiniteLossError
+
+
+def tiny_config(data_path, run_dir, *overrides):
+    base = [f"data.path={data_path}", f"run_dir={run_dir}", "data.image_size=8",
+            "data.color_mode=rgb", "data.batch_size=4", "model.filters=[4]",
+            "model.dense_units=8", "train.epochs=2", "train.warmup_epochs=0"]
+    return config_lib.load_config(task.ImageClassificationConfig, None, base + list(overrides))
+
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_run_writes_the_whole_run_directory(tmp_path):
+    data = write_image_folder(tmp_path / "imgs", classes=("cat", "dog", "émeu"), per_class=6)
+    run_dir = str(tmp_path / "run")
+    result = task.run(tiny_config(data, run_dir))
+    for name in ("config.yaml", "metrics.json", "history.csv", "report.md",
+                 "plots/training_curves.png", "plots/confusion_matrix.png",
+                 "checkpoints/best.keras"):
+        assert os.path.exists(os.path.join(run_dir, name)), name
+    assert os.listdir(os.path.join(run_dir, "tensorboard"))
+    metrics = json.loads(pathlib.Path(run_dir, "metrics.json").read_text())
+    assert {"test_accuracy", "test_loss", "macro_f1"} <= set(metrics)
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+    assert len(read_rows(os.path.join(run_dir, "history.csv"))) == 2
+    report = pathlib.Path(run_dir, "report.md").read_text(encoding="utf-8")
+    assert "| émeu |" in report and "plots/confusion_matrix.png" in report
+    assert "tensorflow" in report and "model:" in report
+    saved = config_lib.read_yaml(os.path.join(run_dir, "config.yaml"))
+    assert saved["task"] == "image-classification" and saved["train"]["epochs"] == 2
+    assert result.export_path == os.path.join(run_dir, "export", "image_classifier", "1")
+
+
+class Interrupt(Exception):
+    pass
+
+
+class StopAt(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise Interrupt()
+
+
+class FirstEpoch(keras.callbacks.Callback):
+    first = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.first is None:
+            self.first = epoch
+
+
+def test_rerun_resumes_an_interrupted_run(tmp_path):
+    data = write_image_folder(tmp_path / "imgs", per_class=6)
+    run_dir = str(tmp_path / "run")
+    config = tiny_config(data, run_dir, "train.epochs=4", "export.enabled=false")
+    with pytest.raises(Interrupt):
+        task.run(config, callbacks=[StopAt(2)])
+    assert len(read_rows(os.path.join(run_dir, "history.csv"))) == 2
+    first = FirstEpoch()
+    task.run(config, callbacks=[first])
+    assert first.first == 2  # resumed, not restarted
+    rows = read_rows(os.path.join(run_dir, "history.csv"))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+
+
+def test_nan_loss_stops_with_error(tmp_path):
+    data = write_image_folder(tmp_path / "imgs", per_class=4)
+    config = tiny_config(data, str(tmp_path / "run"), "train.learning_rate=1e30",
+                         "train.optimizer=sgd", "train.schedule=constant", "train.epochs=5",
+                         "export.enabled=false")
+    with pytest.raises(NonFiniteLossError, match="loss became nan at epoch"):
+        task.run(config)
+
+
+def test_single_folder_gets_a_held_out_test_split(tmp_path):
+    data = write_image_folder(tmp_path / "imgs", per_class=10)
+    train, val, test = task.load_splits(
+        tiny_config(data, str(tmp_path / "r"), "data.test_split=0.2").data, seed=0)
+    assert (len(train), len(val), len(test)) == (14, 2, 4)
+    assert not set(train.filenames) & set(test.filenames)
+
+
+def test_default_preset_reaches_target_and_export_serves_the_same_accuracy(tmp_path):
+    """The README's main job: >= 0.95 on data/digits/test, and the export agrees."""
+    config = config_lib.load_config(task.ImageClassificationConfig, "digits_cnn",
+                                    [f"run_dir={tmp_path / 'run'}", "train.verbose=0"])
+    result = task.run(config)
+    assert result.metrics["test_accuracy"] >= 0.95
+    index = index_directory(os.path.join(DIGITS, "test"))
+    serve = tf.saved_model.load(result.export_path).signatures["serving_default"]
+    labels = []
+    for start in range(0, len(index), 128):
+        batch = [pathlib.Path(p).read_bytes() for p in index.paths[start:start + 128]]
+        labels.extend(b.decode() for b in serve(image_bytes=tf.constant(batch))["label"].numpy())
+    served_accuracy = np.mean(np.array(labels) == np.array(index.class_names)[index.labels])
+    assert served_accuracy == pytest.approx(result.metrics["test_accuracy"], abs=1e-9)

@@ -1,0 +1,127 @@
+"""Directory indexing and the native tf.data image pipeline."""
+
+import os
+
+import numpy as np
+import pytest
+from conftest import DIGITS, write_image_folder
+from PIL import Image
+
+from fmkeras.data import images
+from fmkeras.errors import DataError
+
+
+def test_index_digits_matches_files():
+    index = images.index_directory(os.path.join(DIGITS, "train"))
+    assert index.class_names == [str(i) for i in range(10)]
+    assert len(index) == 1437
+    assert index.filenames[0] == os.path.join("0", "0000.png")
+    assert np.all(np.diff(index.labels) >= 0)  # class order, then file order
+
+
+def test_junk_and_hidden_files_are_ignored(tmp_path):
+    root = write_image_folder(tmp_path / "d", per_class=2)
+    for junk in (".DS_Store", "Thumbs.db", "._img0.png", "desktop.ini", "notes.txt"):
+        (tmp_path / "d" / "a" / junk).write_bytes(b"junk")
+    os.makedirs(tmp_path / "d" / "a" / ".hidden")
+    Image.new("RGB", (4, 4)).save(tmp_path / "d" / "a" / ".hidden" / "x.png")
+    os.makedirs(tmp_path / "d" / ".git")
+    index = images.index_directory(root)
+    assert index.class_names == ["a", "b"]
+    assert sorted(index.filenames) == sorted(
+        [os.path.join("a", "img0.png"), os.path.join("a", "img1.png"),
+         os.path.join("b", "img0.png"), os.path.join("b", "img1.png")])
+
+
+def test_unicode_class_and_file_names(tmp_path):
+    root = write_image_folder(tmp_path / "d", classes=("chat", "épée 猫"), per_class=2)
+    os.rename(os.path.join(root, "chat", "img0.png"), os.path.join(root, "chat", "ça va.png"))
+    index = images.index_directory(root)
+    assert index.class_names == ["chat", "épée 猫"]
+    ds = images.image_dataset(index, 8, batch_size=4)
+    x, y = next(iter(ds))
+    assert x.shape == (4, 8, 8, 3)
+
+
+def test_missing_directory_error():
+    with pytest.raises(DataError, match="not found.*Received: '/no/such/dir'"):
+        images.index_directory("/no/such/dir")
+
+
+def test_directory_without_class_folders(tmp_path):
+    (tmp_path / "x.png").write_bytes(b"")
+    with pytest.raises(DataError, match="No class folders"):
+        images.index_directory(tmp_path)
+
+
+def test_empty_class_folder_is_named(tmp_path):
+    root = write_image_folder(tmp_path / "d")
+    os.makedirs(os.path.join(root, "empty"))
+    with pytest.raises(DataError, match=r"without images.*\['empty'\]"):
+        images.index_directory(root)
+
+
+def test_symlink_loop_does_not_hang(tmp_path):
+    root = write_image_folder(tmp_path / "d", per_class=1)
+    os.symlink(os.path.join(root, "a"), os.path.join(root, "a", "loop"))
+    index = images.index_directory(root, follow_links=True)
+    assert len(index) == 2
+
+
+@pytest.mark.parametrize("mode, color_mode, channels", [
+    ("L", "rgb", 3), ("RGBA", "grayscale", 1), ("RGB", "rgba", 4), ("RGB", "grayscale", 1)])
+def test_color_conversion(tmp_path, mode, color_mode, channels):
+    root = write_image_folder(tmp_path / "d", mode=mode, per_class=1)
+    x, _ = next(iter(images.image_dataset(root, (5, 7), batch_size=2, color_mode=color_mode)))
+    assert x.shape == (2, 5, 7, channels)
+    assert 0.0 <= float(np.min(x)) and float(np.max(x)) <= 1.0
+
+
+def test_palette_and_16_bit_images(tmp_path):
+    os.makedirs(tmp_path / "d" / "a")
+    Image.new("RGB", (6, 6), (255, 0, 0)).convert("P").save(tmp_path / "d" / "a" / "p.png")
+    Image.fromarray(np.full((6, 6), 65535, np.uint16)).save(tmp_path / "d" / "a" / "w.png")
+    x, _ = next(iter(images.image_dataset(str(tmp_path / "d"), 6, batch_size=2, rescale=1.0)))
+    np.testing.assert_allclose(np.asarray(x[0, 0, 0]), [255, 0, 0], atol=1)
+    np.testing.assert_allclose(np.asarray(x[1, 0, 0]), [255, 255, 255], atol=1)
+
+
+def test_split_is_stratified_and_seeded():
+    index = images.index_directory(os.path.join(DIGITS, "train"))
+    train, val = images.split_index(index, 0.1, seed=3)
+    again_train, again_val = images.split_index(index, 0.1, seed=3)
+    assert val.filenames == again_val.filenames
+    assert len(train) + len(val) == len(index)
+    assert not set(train.filenames) & set(val.filenames)
+    counts = np.bincount(val.labels, minlength=10)
+    assert counts.min() >= 13 and counts.max() <= 16
+
+
+def test_dataset_order_labels_and_rescale():
+    index = images.index_directory(os.path.join(DIGITS, "test"))
+    ds = images.image_dataset(index, 8, batch_size=64, color_mode="grayscale")
+    labels = np.concatenate([y.numpy() for _, y in ds])
+    np.testing.assert_array_equal(labels, index.labels)
+    first = np.asarray(Image.open(index.paths[0]), np.float32) / 255.0
+    x, _ = next(iter(ds))
+    np.testing.assert_allclose(x[0, ..., 0], first, atol=1e-6)
+
+
+def test_shuffle_changes_per_epoch_but_is_seeded():
+    index = images.index_directory(os.path.join(DIGITS, "test"))
+    order = lambda ds: np.concatenate([y.numpy() for _, y in ds])  # noqa: E731
+    ds = images.image_dataset(index, 8, batch_size=360, shuffle=True, seed=1, cache=False,
+                              color_mode="grayscale")
+    first, second = order(ds), order(ds)
+    assert not np.array_equal(first, second)
+    again = images.image_dataset(index, 8, batch_size=360, shuffle=True, seed=1, cache=False,
+                                 color_mode="grayscale")
+    np.testing.assert_array_equal(order(again), first)
+
+
+def test_bad_color_mode_and_split():
+    with pytest.raises(DataError, match="color_mode"):
+        images.check_color_mode("cmyk")
+    index = images.index_directory(os.path.join(DIGITS, "test"))
+    with pytest.raises(DataError, match="validation_split"):
+        images.split_index(index, 1.5, seed=0)

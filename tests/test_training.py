@@ -1,0 +1,56 @@
+"""Precision policy, seeds, optimizers and schedules."""
+
+import keras
+import numpy as np
+import pytest
+
+from fmkeras.errors import ConfigError
+from fmkeras.training import optimizers, precision
+
+
+def test_auto_precision_is_float32_on_cpu():
+    assert precision.resolve_precision("auto") == "float32"
+
+
+def test_float16_refused_on_cpu_and_bfloat16_allowed():
+    with pytest.raises(ConfigError, match="needs a GPU"):
+        precision.resolve_precision("mixed_float16")
+    assert precision.set_precision("mixed_bfloat16") == "mixed_bfloat16"
+    assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+
+
+def test_auto_picks_mixed_float16_on_a_tensor_core_gpu(monkeypatch):
+    monkeypatch.setattr(precision, "_gpu_compute_capability", lambda: (8, 0))
+    assert precision.resolve_precision("auto") == "mixed_float16"
+    monkeypatch.setattr(precision, "_gpu_compute_capability", lambda: (6, 1))
+    assert precision.resolve_precision("auto") == "float32"
+
+
+def test_unknown_precision():
+    with pytest.raises(ConfigError, match="Received: precision='half'"):
+        precision.resolve_precision("half")
+
+
+def test_seed_makes_initialisation_repeatable():
+    def weights():
+        precision.set_seed(7)
+        layer = keras.layers.Dense(3)
+        layer.build((None, 4))
+        return layer.kernel.numpy()
+    np.testing.assert_array_equal(weights(), weights())
+
+
+def test_cosine_schedule_warms_up_and_decays():
+    lr = optimizers.learning_rate_schedule(0.1, "cosine", total_steps=100, warmup_steps=10)
+    assert float(lr(0)) == pytest.approx(0.0)
+    assert float(lr(10)) == pytest.approx(0.1)
+    assert float(lr(100)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_bad_optimizer_and_schedule():
+    with pytest.raises(ConfigError, match="Received: optimizer='adamm'"):
+        optimizers.build_optimizer("adamm", 0.1)
+    with pytest.raises(ConfigError, match="Received: schedule='linear'"):
+        optimizers.learning_rate_schedule(0.1, "linear")
+    with pytest.raises(ConfigError, match="learning_rate"):
+        optimizers.learning_rate_schedule(-1.0)
