@@ -117,3 +117,15 @@ def test_default_preset_reaches_target_and_export_serves_the_same_accuracy(tmp_p
         labels.extend(b.decode() for b in serve(image_bytes=tf.constant(batch))["label"].numpy())
     served_accuracy = np.mean(np.array(labels) == np.array(index.class_names)[index.labels])
     assert served_accuracy == pytest.approx(result.metrics["test_accuracy"], abs=1e-9)
+
+
+def test_tfds_name_as_data_path(tmp_path):
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=12):
+        config = tiny_config("tfds:mnist", str(tmp_path / "run"), "data.color_mode=grayscale",
+                             "train.epochs=1", "export.check=false")
+        result = task.run(config)
+    assert result.metrics["test_samples"] == 12
+    assert result.metrics["train_samples"] > 0  # mock_data ignores split slicing
+    assert result.export_path and 0.0 <= result.metrics["test_accuracy"] <= 1.0

@@ -296,10 +296,40 @@ def image_dataset(source, image_size, batch_size=32, color_mode="rgb", shuffle=F
         return image * rescale, label
 
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return batch_pipeline(ds, batch_size, cache=cache, shuffle_buffer=len(index) if shuffle
+                          else 0, seed=seed, num_classes=num_classes, label_mode=label_mode,
+                          augment=augment)
+
+
+def batch_pipeline(ds, batch_size, cache=True, shuffle_buffer=0, seed=0, num_classes=None,
+                   label_mode="int", augment=None):
+    """Cache, shuffle, batch, one-hot, augment and prefetch ``(image, label)`` pairs.
+
+    The order matters: caching comes before shuffling and augmentation so
+    every epoch gets a fresh order and fresh random transforms.
+
+    Args:
+        ds: ``tf.data.Dataset`` of decoded ``(image, label)`` pairs.
+        batch_size: int.
+        cache: bool. Cache in memory.
+        shuffle_buffer: int. Shuffle buffer size (0: no shuffling).
+        seed: int. Shuffle seed.
+        num_classes: int. Needed for ``label_mode="categorical"``.
+        label_mode: str. ``int`` or ``categorical``.
+        augment: optional callable applied per batch.
+
+    Example:
+
+    >>> ds = tf.data.Dataset.from_tensor_slices((tf.zeros((4, 2, 2, 1)), [0, 1, 0, 1]))
+    >>> next(iter(batch_pipeline(ds, 2, num_classes=2, label_mode="categorical")))[1].shape
+    TensorShape([2, 2])
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise DataError(f"Expected a positive batch_size. Received: batch_size={batch_size!r}")
     if cache:
         ds = ds.cache()
-    if shuffle:
-        ds = ds.shuffle(len(index), seed=seed, reshuffle_each_iteration=True)
+    if shuffle_buffer:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
     if label_mode == "categorical":
         ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes)),

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pathlib
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from fmkeras import export as export_lib
 from fmkeras import models
 from fmkeras.data import images as image_data
+from fmkeras.data import tfds_images
 from fmkeras.errors import ConfigError, DataError
 from fmkeras.evaluation import classification as cls_eval
 from fmkeras.tasks import base
@@ -164,6 +165,56 @@ def load_splits(data_config, seed):
     return train, val, test
 
 
+@dataclasses.dataclass
+class ImageSplits:
+    """Batched train/validation/test datasets and what the task needs to know of them."""
+
+    train: object
+    validation: object
+    test: object
+    class_names: list
+    train_samples: int
+    test_samples: int
+
+
+def make_datasets(config):
+    """Build the train, validation and test pipelines from ``config.data``.
+
+    ``data.path`` is a folder (see :func:`load_splits`) or a tfds name such as
+    ``tfds:mnist`` (``train`` split for training and validation, ``test`` for
+    testing).
+
+    Example:
+
+    >>> splits = make_datasets(ImageClassificationConfig())
+    >>> splits.class_names[:3], splits.test_samples
+    (['0', '1', '2'], 360)
+    """
+    data, seed = config.data, config.seed
+    common = dict(image_size=(data.image_size, data.image_size), batch_size=data.batch_size,
+                  color_mode=data.color_mode, rescale=data.rescale, label_mode="categorical")
+    if tfds_images.is_tfds_name(data.path):
+        keep = int(round(100 * (1 - data.validation_split)))
+        train, names = tfds_images.tfds_image_dataset(
+            data.path, split=f"train[:{keep}%]", shuffle=True, seed=seed, cache=data.cache,
+            **common)
+        val = (tfds_images.tfds_image_dataset(data.path, split=f"train[{keep}%:]",
+                                              cache=data.cache, **common)[0]
+               if data.validation_split else None)
+        test = tfds_images.tfds_image_dataset(data.path, split="test", cache=False, **common)[0]
+        count = lambda ds: int(ds.unbatch().reduce(0, lambda n, _: n + 1))  # noqa: E731
+        return ImageSplits(train, val, test, names, count(train), count(test))
+    train_index, val_index, test_index = load_splits(data, seed)
+    common["num_classes"] = len(train_index.class_names)
+    train = image_data.image_dataset(train_index, shuffle=True, seed=seed, cache=data.cache,
+                                     **common)
+    val = (image_data.image_dataset(val_index, cache=data.cache, **common)
+           if val_index is not None else None)
+    test = image_data.image_dataset(test_index, cache=False, **common)
+    return ImageSplits(train, val, test, train_index.class_names, len(train_index),
+                       len(test_index))
+
+
 def _check_config(config):
     if config.train.epochs < 1:
         raise ConfigError(f"Expected train.epochs >= 1. Received: {config.train.epochs}")
@@ -196,27 +247,18 @@ def run(config, callbacks=()):
     """
     _check_config(config)
     run_dir = config.run_dir or base.default_run_dir(TASK)
-    train_index, val_index, test_index = load_splits(config.data, config.seed)
+    splits = make_datasets(config)
     resume = callbacks_lib.prepare_resume(run_dir) is not None
     base.prepare_run_dir(run_dir, config, TASK)
     precision_lib.set_seed(config.seed, config.deterministic)
     policy = precision_lib.set_precision(config.precision)
 
-    data = config.data
+    data, train = config.data, config.train
     size = (data.image_size, data.image_size)
     channels = image_data.check_color_mode(data.color_mode)
-    class_names = train_index.class_names
-    dataset = dict(image_size=size, batch_size=data.batch_size, color_mode=data.color_mode,
-                   rescale=data.rescale, num_classes=len(class_names), label_mode="categorical")
-    train_ds = image_data.image_dataset(train_index, shuffle=True, seed=config.seed,
-                                        cache=data.cache, **dataset)
-    val_ds = (image_data.image_dataset(val_index, cache=data.cache, **dataset)
-              if val_index is not None else None)
-    test_ds = image_data.image_dataset(test_index, cache=False, **dataset)
-
+    class_names = splits.class_names
     model = build_model(config.model, (*size, channels), len(class_names))
-    steps = int(np.ceil(len(train_index) / data.batch_size))
-    train = config.train
+    steps = int(np.ceil(splits.train_samples / data.batch_size))
     lr = optimizers.learning_rate_schedule(
         train.learning_rate, train.schedule, total_steps=steps * train.epochs,
         warmup_steps=steps * train.warmup_epochs)
@@ -225,27 +267,29 @@ def run(config, callbacks=()):
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing),
         metrics=["accuracy"], jit_compile=config.jit_compile,
         steps_per_execution=train.steps_per_execution)
-    monitor = "val_loss" if val_ds is not None else "loss"
+    monitor = "val_loss" if splits.validation is not None else "loss"
     callbacks = callbacks_lib.standard_callbacks(
         run_dir, monitor=monitor, early_stopping_patience=train.early_stopping_patience,
         reduce_lr_patience=2 if train.schedule == "plateau" else None, resume=resume,
         extra=callbacks)
     try:
-        model.fit(train_ds, validation_data=val_ds, epochs=train.epochs, callbacks=callbacks,
-                  verbose=train.verbose, shuffle=False)
+        model.fit(splits.train, validation_data=splits.validation, epochs=train.epochs,
+                  callbacks=callbacks, verbose=train.verbose, shuffle=False)
     finally:
         callbacks_lib.close_files(callbacks)
 
     best = os.path.join(run_dir, "checkpoints", "best.keras")
     if os.path.exists(best):
         model.load_weights(best)
-    test_loss, _ = model.evaluate(test_ds, verbose=0)
-    probabilities = model.predict(test_ds, verbose=0)
-    scores = cls_eval.classification_metrics(test_index.labels, probabilities, class_names)
+    test_loss, _ = model.evaluate(splits.test, verbose=0)
+    images, labels = zip(*((x.numpy(), y.numpy()) for x, y in splits.test))
+    probabilities = model.predict(np.concatenate(images), verbose=0)
+    y_true = np.concatenate(labels).argmax(-1)
+    scores = cls_eval.classification_metrics(y_true, probabilities, class_names)
     metrics = {"test_accuracy": scores["accuracy"], "test_loss": float(test_loss),
                "macro_f1": scores["macro_f1"], "precision_policy": policy,
                "num_parameters": int(model.count_params()),
-               "train_samples": len(train_index), "test_samples": len(test_index)}
+               "train_samples": splits.train_samples, "test_samples": splits.test_samples}
 
     plots = os.path.join(run_dir, "plots")
     history = cls_eval.read_history(os.path.join(run_dir, "history.csv"))
@@ -255,7 +299,9 @@ def run(config, callbacks=()):
 
     export_path = None
     if config.export.enabled:
-        samples = [pathlib.Path(p).read_bytes() for p in test_index.paths[:3]]
+        # Real test images, re-encoded, exercise the bytes signature in the check.
+        pixels = np.clip(np.round(images[0][:3] / data.rescale), 0, 255).astype(np.uint8)
+        samples = [tf.io.encode_png(p).numpy() for p in pixels]
         export_path = export_lib.export_image_classifier(
             model, os.path.join(run_dir, "export"), config.export.name, class_names, size,
             channels, rescale=data.rescale, sample_bytes=samples, check=config.export.check)
