@@ -129,3 +129,17 @@ def test_tfds_name_as_data_path(tmp_path):
     assert result.metrics["test_samples"] == 12
     assert result.metrics["train_samples"] > 0  # mock_data ignores split slicing
     assert result.export_path and 0.0 <= result.metrics["test_accuracy"] <= 1.0
+
+
+def test_same_seed_reruns_identically_and_another_seed_differs(tmp_path):
+    data = write_image_folder(tmp_path / "imgs", per_class=6)
+
+    def weights(name, seed):
+        config = tiny_config(data, str(tmp_path / name), f"seed={seed}", "deterministic=true",
+                             "export.enabled=false", "train.verbose=0")
+        return task.run(config).model.get_weights()
+
+    first, again, other = weights("a", 1), weights("b", 1), weights("c", 2)
+    for x, y in zip(first, again):
+        np.testing.assert_array_equal(x, y)
+    assert any(not np.array_equal(x, y) for x, y in zip(first, other))

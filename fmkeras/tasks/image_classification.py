@@ -247,10 +247,11 @@ def run(config, callbacks=()):
     """
     _check_config(config)
     run_dir = config.run_dir or base.default_run_dir(TASK)
+    # Seed first: tf.data shuffles draw on the global seed as well as their own.
+    precision_lib.set_seed(config.seed, config.deterministic)
     splits = make_datasets(config)
     resume = callbacks_lib.prepare_resume(run_dir) is not None
     base.prepare_run_dir(run_dir, config, TASK)
-    precision_lib.set_seed(config.seed, config.deterministic)
     policy = precision_lib.set_precision(config.precision)
 
     data, train = config.data, config.train
