@@ -1,0 +1,231 @@
+"""Text readers, tokenisation, vocabularies and teacher-forcing batches."""
+
+import os
+import subprocess
+import sys
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from fmkeras.data.text import (
+    END_TOKEN,
+    START_TOKEN,
+    LabelledText,
+    ParallelText,
+    classification_dataset,
+    load_vocabulary,
+    read_labelled_text,
+    read_parallel_tsv,
+    save_vocabulary,
+    split_indices,
+    standardize_text,
+    text_vectorizer,
+    translation_dataset,
+    translation_vectorizers,
+)
+from fmkeras.errors import DataError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EN_ES = os.path.join(REPO, "data", "translation", "en-es.tsv")
+LANGID = os.path.join(REPO, "data", "langid", "langid.tsv")
+SHARED = os.path.join(os.path.dirname(REPO), "shared", "datasets")
+
+
+def write(path, data):
+    path.write_bytes(data)
+    return str(path)
+
+
+def test_parallel_reader_counts_every_problem(tmp_path):
+    path = write(tmp_path / "pairs.tsv", b"".join([
+        b"\xef\xbb\xbfHello\tHola\r\n",             # 1: BOM and CRLF
+        b"\n",                                       # 2: empty
+        b"no tab here\n",                            # 3: missing tab
+        b"caf\xe9\tcaf\xe9\n",                       # 4: Latin-1, not UTF-8
+        b"Where is it?\t\xc2\xbfD\xc3\xb3nde est\xc3\xa1?\tnote\n",  # 5: third column kept out
+        b"nul\x00 byte\tnulo\n",                     # 6: NUL removed
+        "Ünïcödé source\tdestino largo\n".encode(),  # 7: cut to 5 characters
+        b"\tonly target\n",                          # 8: empty source
+    ]))
+    with pytest.warns(UserWarning, match="undecodable=1") as caught:
+        corpus = read_parallel_tsv(path, max_chars=10)
+    assert len(caught) == 1
+    report = corpus.report
+    assert corpus.sources == ["Hello", "Where is i", "nul byte", "Ünïcödé so"]
+    assert corpus.targets == ["Hola", "¿Dónde est", "nulo", "destino la"]
+    assert report.counts == {"bom": 1, "crlf": 1, "empty_line": 1, "missing_tab": 1,
+                             "undecodable": 1, "nul_bytes": 1, "truncated": 4,
+                             "missing_field": 1}
+    assert report.lines == 8 and report.records == 4
+    assert report.examples["undecodable"] == [
+        f"{path}:4: byte 0xe9 at column 4 is not UTF-8; line skipped"]
+    assert report.examples["missing_tab"][0].startswith(f"{path}:3")
+    assert report.as_dict()["counts"]["empty_line"] == 1
+
+
+def test_truncation_never_splits_a_character(tmp_path):
+    text = "cafe\u0301 ñandú"  # "é" written as e + combining accent
+    path = write(tmp_path / "p.tsv", f"{text}\t{text}\n".encode())
+    with pytest.warns(UserWarning, match="truncated=2"):
+        corpus = read_parallel_tsv(path, max_chars=4)
+    assert corpus.sources == ["caf"]  # not "cafe" without its accent
+    with pytest.warns(UserWarning):
+        corpus = read_parallel_tsv(path, max_chars=9)
+    assert corpus.sources == ["cafe\u0301 ñan"]
+    assert corpus.sources[0].encode("utf-8").decode("utf-8") == corpus.sources[0]
+
+
+def test_clean_file_reads_silently(tmp_path):
+    path = write(tmp_path / "p.tsv", "a\tb\nc\td\n".encode())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        corpus = read_parallel_tsv(path)
+    assert len(corpus) == 2 and corpus.report.counts == {}
+
+
+def test_missing_files_name_the_path(tmp_path):
+    missing = str(tmp_path / "nope.tsv")
+    with pytest.raises(DataError, match="nope.tsv"):
+        read_parallel_tsv(missing)
+    with pytest.raises(DataError, match="nope.tsv"):
+        read_labelled_text(missing)
+    with pytest.raises(DataError, match="vocab.txt"):
+        load_vocabulary(str(tmp_path / "vocab.txt"))
+    empty = write(tmp_path / "empty.tsv", b"\n\nno tab\n")
+    with pytest.raises(DataError, match="at least one.*empty.tsv.*missing_tab=1"):
+        read_parallel_tsv(empty)
+    broken = write(tmp_path / "broken.csv", b'text,label\nhola,es\nbad\rfield,en\n')
+    with pytest.raises(DataError, match="valid CSV in .*broken.csv. Received at line 3"):
+        read_labelled_text(broken)
+
+
+def test_labelled_tsv_and_csv(tmp_path):
+    tsv = write(tmp_path / "t.tsv", "label\ttext\nes\thola\nen\thello\n\nfr\n".encode())
+    with pytest.warns(UserWarning, match="missing_field=1"):
+        data = read_labelled_text(tsv)
+    assert data.texts == ["hola", "hello"] and data.class_names == ["en", "es"]
+    np.testing.assert_array_equal(data.labels, [1, 0])
+    csv = write(tmp_path / "t.csv",
+                b'text,label\n"hola, amigo",es\r\n"two\r\nlines",en\r\nhello,en\r\n')
+    with pytest.warns(UserWarning, match="crlf=4"):
+        data = read_labelled_text(csv, class_names=["es", "en"])
+    assert data.texts == ["hola, amigo", "two\nlines", "hello"]
+    assert list(data.labels) == [0, 1, 1]
+    bad = write(tmp_path / "b.tsv", b"sentence\tlang\nhola\tes\n")
+    with pytest.raises(DataError, match=r"columns 'text' and 'label'.*Received: \['sentence'"):
+        read_labelled_text(bad)
+
+
+def test_labelled_text_folder(tmp_path):
+    for label, name, data in [("en", "1.txt", b"hello\r\nworld"), ("es", "1.txt", b"hola"),
+                              ("es", "2.txt", b"\xef\xbb\xbf\xc2\xbfqu\xc3\xa9?"),
+                              ("es", "3.txt", b"ok\nlinea dos caf\xe9"), ("es", "4.txt", b" "),
+                              ("es", "notes.md", b"ignored")]:
+        os.makedirs(tmp_path / label, exist_ok=True)
+        write(tmp_path / label / name, data)
+    with pytest.warns(UserWarning) as caught:
+        data = read_labelled_text(str(tmp_path))
+    assert data.texts == ["hello\nworld", "hola", "¿qué?"]
+    assert list(data.labels) == [0, 1, 1] and data.class_names == ["en", "es"]
+    counts = data.report.counts
+    assert counts == {"crlf": 1, "bom": 1, "undecodable": 1, "empty_line": 1}
+    assert data.report.examples["undecodable"][0].startswith(
+        os.path.join(str(tmp_path), "es", "3.txt") + ":2:")
+    assert "3.txt:2" in str(caught[0].message)
+
+
+def test_splits_are_fixed_by_seed():
+    parts = split_indices(100, 0.2, 0.1, seed=5)
+    assert [len(parts[k]) for k in ("train", "validation", "test")] == [70, 20, 10]
+    joined = np.concatenate(list(parts.values()))
+    assert sorted(joined.tolist()) == list(range(100))
+    again = split_indices(100, 0.2, 0.1, seed=5)
+    assert all((parts[k] == again[k]).all() for k in parts)
+    assert not (split_indices(100, 0.2, 0.1, seed=6)["test"] == parts["test"]).all()
+    corpus = ParallelText([str(i) for i in range(10)], [f"t{i}" for i in range(10)])
+    split = corpus.split(0.2, 0.2, seed=1)
+    assert all(t == "t" + s for s, t in zip(split["test"].sources, split["test"].targets))
+    assert len(split["test"]) == len(split["validation"]) == 2
+    labelled = LabelledText(corpus.sources, np.arange(10), ["x"]).split(0.2, 0.2, seed=1)
+    assert labelled["test"].texts == split["test"].sources
+    assert [int(t) for t in labelled["train"].texts] == labelled["train"].labels.tolist()
+    with pytest.raises(DataError, match="Received: validation_split=0.6, test_split=0.5"):
+        split_indices(10, 0.6, 0.5)
+
+
+def test_tokenizer_keeps_accents_and_punctuation():
+    out = standardize_text(tf.constant(["¿Dónde ESTÁ? [start] Él, [end]"])).numpy()[0]
+    assert out.decode().split() == ["¿", "dónde", "está", "?", "[start]", "él", ",", "[end]"]
+    layer = text_vectorizer(6, texts=["¿Dónde está?", "dónde"])
+    vocab = layer.get_vocabulary()
+    assert {"dónde", "está", "¿", "?"} <= set(vocab)
+    ids = layer(["¿DÓNDE está?"]).numpy()[0]
+    assert [vocab[i] for i in ids] == ["¿", "dónde", "está", "?", "", ""]
+
+
+@pytest.mark.parametrize("name", ["vocab.txt", "vocab.json"])
+def test_vocabulary_round_trip(tmp_path, name):
+    layer = text_vectorizer(5, texts=["¿Dónde está?", "año \"x\" y"])
+    path = str(tmp_path / "run" / name)
+    save_vocabulary(layer, path)
+    assert load_vocabulary(path) == layer.get_vocabulary()
+    reloaded = text_vectorizer(5, vocabulary=path)
+    texts = ["¿dónde está el año?"]
+    np.testing.assert_array_equal(reloaded(texts).numpy(), layer(texts).numpy())
+
+
+def test_vectorizer_saves_inside_a_keras_file(tmp_path):
+    inputs = keras.Input((), dtype="string", name="text")
+    model = keras.Model(inputs, text_vectorizer(6, texts=["¿Dónde está? Dónde."])(inputs))
+    model.save(str(tmp_path / "v.keras"))
+    loaded = keras.saving.load_model(str(tmp_path / "v.keras"), safe_mode=True)
+    texts = tf.constant(["¿DÓNDE está?"])
+    np.testing.assert_array_equal(loaded(texts).numpy(), model(texts).numpy())
+
+
+def test_translation_batches_for_teacher_forcing():
+    corpus = ParallelText(["Where is it?", "Hello", "A very long source sentence indeed"],
+                          ["¿Dónde está?", "Hola", "Una frase"])
+    src, tgt = translation_vectorizers(corpus, sequence_length=4)
+    vocab = tgt.get_vocabulary()
+    assert START_TOKEN in vocab and END_TOKEN in vocab
+    inputs, labels = next(iter(translation_dataset(corpus, src, tgt, batch_size=2)))
+    enc, dec = inputs["encoder_inputs"].numpy(), inputs["decoder_inputs"].numpy()
+    labels = labels.numpy()
+    assert enc.shape == dec.shape == labels.shape == (2, 4)
+    assert enc.dtype == dec.dtype == labels.dtype == np.int32
+    assert (dec[:, 0] == vocab.index(START_TOKEN)).all()
+    np.testing.assert_array_equal(dec[:, 1:], labels[:, :-1])
+    assert [vocab[i] for i in labels[1]] == ["hola", END_TOKEN, "", ""]
+
+
+def test_classification_batches():
+    data = LabelledText(["hola amigo", "hello"], np.array([1, 0]), ["en", "es"])
+    ids, labels = next(iter(classification_dataset(data, text_vectorizer(8, texts=data.texts))))
+    assert ids.shape == (2, 8) and ids.dtype == tf.int32 and labels.dtype == tf.int32
+    assert (ids.numpy()[1, 1:] == 0).all()
+
+
+def test_embedded_samples_read_cleanly():
+    for path in (EN_ES, LANGID):
+        assert os.path.getsize(path) < 1_000_000
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        corpus = read_parallel_tsv(EN_ES)
+        langid = read_labelled_text(LANGID)
+    assert len(corpus) == 3000 and len(langid) == 3000
+    assert langid.class_names == ["de", "en", "es", "fr", "it", "nl", "pl", "pt", "sv"]
+    assert np.bincount(langid.labels).min() >= 333
+
+
+@pytest.mark.skipif(not os.path.isdir(SHARED), reason="shared datasets folder not present")
+def test_samples_regenerate_identically(tmp_path):
+    subprocess.run([sys.executable, os.path.join(REPO, "data", "make_text_samples.py"),
+                    "--datasets", SHARED, "--out", str(tmp_path)], check=True,
+                   capture_output=True)
+    for rel in ("translation/en-es.tsv", "langid/langid.tsv"):
+        with open(os.path.join(REPO, "data", rel), "rb") as a, open(tmp_path / rel, "rb") as b:
+            assert a.read() == b.read()
