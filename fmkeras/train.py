@@ -20,6 +20,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up cha
 TASKS = {
     "image-classification": ("fmkeras.tasks.image_classification",
                              "ImageClassificationConfig", "digits_cnn"),
+    "translation": ("fmkeras.tasks.translation", "TranslationConfig", "en_es_transformer"),
+    "text-classification": ("fmkeras.tasks.text_classification", "TextClassificationConfig",
+                            "langid_transformer"),
+    "image-generation": ("fmkeras.tasks.image_generation", "ImageGenerationConfig",
+                         "digits_dcgan"),
 }
 DEFAULT_TASK = "image-classification"
 EXIT_USER_ERROR = 2

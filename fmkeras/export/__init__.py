@@ -1,0 +1,24 @@
+"""SavedModel export for serving, written atomically and checked after writing.
+
+Exports land in ``<export_root>/<name>/<version>/``, the layout TensorFlow
+Serving watches. Each version is written to a temporary folder next to it and
+renamed into place, so a failed export never leaves a half-written version.
+Right after writing, :func:`check_export` reloads the SavedModel with plain
+TensorFlow in a fresh process that does not import fmkeras and compares its
+outputs with the in-memory model at two batch sizes.
+
+One module per model family: :mod:`fmkeras.export.image` (classifiers of
+image bytes), and the text and generator exporters beside it.
+"""
+
+from fmkeras.export.core import (
+    ExportError,
+    check_export,
+    next_version,
+    numpy_outputs,
+    write_versioned,
+)
+from fmkeras.export.image import export_image_classifier, image_classifier_archive
+
+__all__ = ["ExportError", "check_export", "export_image_classifier", "image_classifier_archive",
+           "next_version", "numpy_outputs", "write_versioned"]
