@@ -34,6 +34,9 @@ class NaNGuard(keras.callbacks.Callback):
 
     def __init__(self, monitor=("loss",)):
         super().__init__()
+        # Checked on Keras' callback thread: training is not synced per batch, and the
+        # error still names the batch (Keras re-raises it at the next dispatch).
+        self.async_safe = True
         self.monitor = tuple(monitor)
         self._epoch = 0
 
@@ -127,11 +130,16 @@ def standard_callbacks(run_dir, monitor="val_loss", early_stopping_patience=None
     """
     checkpoints = os.path.join(run_dir, "checkpoints")
     os.makedirs(checkpoints, exist_ok=True)
+    backup = keras.callbacks.BackupAndRestore(os.path.join(checkpoints, "backup"))
+    best = keras.callbacks.ModelCheckpoint(
+        os.path.join(checkpoints, "best.keras"), monitor=monitor, save_best_only=True)
+    # With per-epoch saving their batch hooks do nothing, so Keras may keep
+    # dispatching steps asynchronously instead of syncing after every batch.
+    backup.async_safe = best.async_safe = True
     callbacks = [
-        keras.callbacks.BackupAndRestore(os.path.join(checkpoints, "backup")),
+        backup,
         NaNGuard(),
-        keras.callbacks.ModelCheckpoint(
-            os.path.join(checkpoints, "best.keras"), monitor=monitor, save_best_only=True),
+        best,
         keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=resume),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), write_graph=False),
     ]
