@@ -268,8 +268,9 @@ def image_dataset(source, image_size, batch_size=32, color_mode="rgb", shuffle=F
             defaults to the number of classes in the index.
         label_mode: str. ``int`` (class indices) or ``categorical``
             (one-hot float vectors).
-        augment: optional callable ``(images, labels) -> (images, labels)``
-            applied per batch after caching.
+        augment: optional :class:`fmkeras.data.Augmentation` or callable
+            ``(images, labels) -> (images, labels)`` applied per batch, on
+            ``[0, 255]`` pixels, after caching.
 
     Returns:
         ``tf.data.Dataset``.
@@ -292,21 +293,21 @@ def image_dataset(source, image_size, batch_size=32, color_mode="rgb", shuffle=F
     ds = tf.data.Dataset.from_tensor_slices((index.paths, index.labels))
 
     def load(path, label):
-        image = decode_image(tf.io.read_file(path), channels, image_size)
-        return image * rescale, label
+        return decode_image(tf.io.read_file(path), channels, image_size), label
 
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return batch_pipeline(ds, batch_size, cache=cache, shuffle_buffer=len(index) if shuffle
                           else 0, seed=seed, num_classes=num_classes, label_mode=label_mode,
-                          augment=augment)
+                          augment=augment, rescale=rescale)
 
 
 def batch_pipeline(ds, batch_size, cache=True, shuffle_buffer=0, seed=0, num_classes=None,
-                   label_mode="int", augment=None):
-    """Cache, shuffle, batch, one-hot, augment and prefetch ``(image, label)`` pairs.
+                   label_mode="int", augment=None, rescale=1.0):
+    """Cache, shuffle, batch, one-hot, augment, rescale and prefetch ``(image, label)`` pairs.
 
     The order matters: caching comes before shuffling and augmentation so
-    every epoch gets a fresh order and fresh random transforms.
+    every epoch gets a fresh order and fresh random transforms; augmentation
+    sees ``[0, 255]`` pixels and rescaling comes last.
 
     Args:
         ds: ``tf.data.Dataset`` of decoded ``(image, label)`` pairs.
@@ -316,7 +317,10 @@ def batch_pipeline(ds, batch_size, cache=True, shuffle_buffer=0, seed=0, num_cla
         seed: int. Shuffle seed.
         num_classes: int. Needed for ``label_mode="categorical"``.
         label_mode: str. ``int`` or ``categorical``.
-        augment: optional callable applied per batch.
+        augment: optional :class:`fmkeras.data.Augmentation` (drawn from
+            stateless seeds that depend on ``seed``, the epoch and the batch),
+            or a callable ``(images, labels) -> (images, labels)``.
+        rescale: float. Factor applied to the pixels after augmentation.
 
     Example:
 
@@ -334,6 +338,17 @@ def batch_pipeline(ds, batch_size, cache=True, shuffle_buffer=0, seed=0, num_cla
     if label_mode == "categorical":
         ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes)),
                     num_parallel_calls=tf.data.AUTOTUNE)
-    if augment is not None:
+    if augment is not None and not callable(augment):
+        from fmkeras.data.augment import augment_images
+
+        aug = augment
+        # One stateless seed per batch: a pure function of (seed, epoch, batch).
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip(ds, seeds).map(
+            lambda batch, pair: (augment_images(batch[0], aug, pair), *batch[1:]),
+            num_parallel_calls=tf.data.AUTOTUNE)
+    elif augment is not None:
         ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    if rescale != 1.0:
+        ds = ds.map(lambda x, *rest: (x * rescale, *rest), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -91,10 +91,10 @@ def tfds_image_dataset(name, image_size, split="train", batch_size=32, color_mod
     def prepare(image, label_id):
         image = _to_channels(tf.cast(image, tf.float32), channels)
         image = tf.image.resize(image, image_size, method="bilinear")
-        return image * rescale, tf.cast(label_id, tf.int32)
+        return image, tf.cast(label_id, tf.int32)
 
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = batch_pipeline(ds, batch_size, cache=cache, shuffle_buffer=10_000 if shuffle else 0,
                         seed=seed, num_classes=len(class_names), label_mode=label_mode,
-                        augment=augment)
+                        augment=augment, rescale=rescale)
     return ds, class_names

@@ -20,8 +20,11 @@ from fmkeras import export as export_lib
 from fmkeras import models
 from fmkeras.data import images as image_data
 from fmkeras.data import tfds_images
+from fmkeras.data.augment import Augmentation
+from fmkeras.data.image_data_generator import ImageDataGenerator
 from fmkeras.errors import ConfigError, DataError
 from fmkeras.evaluation import classification as cls_eval
+from fmkeras.models.augmentation import with_augmentation
 from fmkeras.tasks import base
 from fmkeras.training import callbacks as callbacks_lib
 from fmkeras.training import optimizers
@@ -31,11 +34,44 @@ TASK = "image-classification"
 
 
 @dataclasses.dataclass
+class AugmentConfig:
+    """Random training-time transforms, with the legacy ``ImageDataGenerator`` meaning.
+
+    ``in_model: true`` runs them as Keras preprocessing layers inside the
+    model (for accelerators) instead of in the input pipeline.
+    """
+
+    rotation_range: float = 0.0
+    width_shift_range: float = 0.0
+    height_shift_range: float = 0.0
+    shear_range: float = 0.0
+    zoom_range: float = 0.0
+    horizontal_flip: bool = False
+    vertical_flip: bool = False
+    channel_shift_range: float = 0.0
+    brightness_range: list[float] | None = None
+    fill_mode: str = "nearest"
+    cval: float = 0.0
+    in_model: bool = False
+
+    def augmentation(self):
+        """The :class:`fmkeras.data.Augmentation` these settings describe."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                  if f.name != "in_model"}
+        if fields["brightness_range"] is not None:
+            fields["brightness_range"] = tuple(fields["brightness_range"])
+        return Augmentation(**fields)
+
+
+@dataclasses.dataclass
 class ImageDataConfig:
     """Where the images are and how they are batched.
 
-    ``path`` is a folder holding ``train/`` and ``test/`` class folders, or a
-    folder of class folders from which ``test_split`` is held out.
+    ``path`` is a folder holding ``train/`` and ``test/`` class folders, a
+    folder of class folders from which ``test_split`` is held out, or a tfds
+    name (``tfds:mnist``). ``pipeline`` is ``tfdata`` (the native pipeline)
+    or ``image_data_generator`` (the ImageDataGenerator-compatible API; needs
+    ``train/`` and ``test/`` folders).
     """
 
     path: str = "data/digits"
@@ -46,6 +82,8 @@ class ImageDataConfig:
     test_split: float = 0.2
     rescale: float = 1.0 / 255
     cache: bool = True
+    pipeline: str = "tfdata"
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
 
 
 @dataclasses.dataclass
@@ -191,13 +229,19 @@ def make_datasets(config):
     (['0', '1', '2'], 360)
     """
     data, seed = config.data, config.seed
+    aug = data.augment.augmentation()
+    in_model = data.augment.in_model
+    if data.pipeline == "image_data_generator":
+        return _generator_splits(data, aug if not in_model else Augmentation(), seed)
     common = dict(image_size=(data.image_size, data.image_size), batch_size=data.batch_size,
-                  color_mode=data.color_mode, rescale=data.rescale, label_mode="categorical")
+                  color_mode=data.color_mode, rescale=1.0 if in_model else data.rescale,
+                  label_mode="categorical")
+    train_aug = None if aug.is_identity or in_model else aug
     if tfds_images.is_tfds_name(data.path):
         keep = int(round(100 * (1 - data.validation_split)))
         train, names = tfds_images.tfds_image_dataset(
             data.path, split=f"train[:{keep}%]", shuffle=True, seed=seed, cache=data.cache,
-            **common)
+            augment=train_aug, **common)
         val = (tfds_images.tfds_image_dataset(data.path, split=f"train[{keep}%:]",
                                               cache=data.cache, **common)[0]
                if data.validation_split else None)
@@ -207,12 +251,42 @@ def make_datasets(config):
     train_index, val_index, test_index = load_splits(data, seed)
     common["num_classes"] = len(train_index.class_names)
     train = image_data.image_dataset(train_index, shuffle=True, seed=seed, cache=data.cache,
-                                     **common)
+                                     augment=train_aug, **common)
     val = (image_data.image_dataset(val_index, cache=data.cache, **common)
            if val_index is not None else None)
     test = image_data.image_dataset(test_index, cache=False, **common)
     return ImageSplits(train, val, test, train_index.class_names, len(train_index),
                        len(test_index))
+
+
+def _generator_splits(data, aug, seed):
+    """Train/validation/test from the ImageDataGenerator-compatible API."""
+    train_dir, test_dir = os.path.join(data.path, "train"), os.path.join(data.path, "test")
+    if tfds_images.is_tfds_name(data.path) or not os.path.isdir(test_dir):
+        raise ConfigError(
+            "data.pipeline=image_data_generator needs a folder with train/ and test/ class "
+            f"folders. Received: data.path={data.path!r}")
+    if not os.path.isdir(train_dir):
+        raise DataError(f"No train/ folder in {data.path!r}.")
+    fields = {f.name: getattr(aug, f.name) for f in dataclasses.fields(aug)
+              if f.name != "interpolation"}
+    augmenting = ImageDataGenerator(rescale=data.rescale, validation_split=data.validation_split,
+                                    **fields)
+    plain = ImageDataGenerator(rescale=data.rescale, validation_split=data.validation_split)
+    flow = dict(target_size=(data.image_size, data.image_size), color_mode=data.color_mode,
+                class_mode="categorical", batch_size=data.batch_size, seed=seed,
+                interpolation="bilinear")
+    subset = "training" if data.validation_split else None
+    train = augmenting.flow_from_directory(train_dir, subset=subset, shuffle=True, **flow)
+    val = (plain.flow_from_directory(train_dir, subset="validation", shuffle=False, **flow)
+           if data.validation_split else None)
+    test = ImageDataGenerator(rescale=data.rescale).flow_from_directory(
+        test_dir, classes=list(train.class_indices), shuffle=False, **flow)
+    return ImageSplits(train.as_dataset(), val.as_dataset() if val else None, test.as_dataset(),
+                       list(train.class_indices), train.samples, test.samples)
+
+
+PIPELINES = ("tfdata", "image_data_generator")
 
 
 def _check_config(config):
@@ -226,6 +300,9 @@ def _check_config(config):
         raise ConfigError(
             f"Expected jit_compile true, false or 'auto'. Received: {config.jit_compile!r}")
     image_data.check_color_mode(config.data.color_mode)
+    if config.data.pipeline not in PIPELINES:
+        raise ConfigError(f"Unknown data.pipeline. Expected one of {list(PIPELINES)}. "
+                          f"Received: {config.data.pipeline!r}")
 
 
 def run(config, callbacks=()):
@@ -259,6 +336,10 @@ def run(config, callbacks=()):
     channels = image_data.check_color_mode(data.color_mode)
     class_names = splits.class_names
     model = build_model(config.model, (*size, channels), len(class_names))
+    rescale = data.rescale
+    if data.augment.in_model:
+        model = with_augmentation(model, data.augment.augmentation(), config.seed, data.rescale)
+        rescale = 1.0  # the wrapped model takes [0, 255] pixels
     steps = int(np.ceil(splits.train_samples / data.batch_size))
     lr = optimizers.learning_rate_schedule(
         train.learning_rate, train.schedule, total_steps=steps * train.epochs,
@@ -301,11 +382,11 @@ def run(config, callbacks=()):
     export_path = None
     if config.export.enabled:
         # Real test images, re-encoded, exercise the bytes signature in the check.
-        pixels = np.clip(np.round(images[0][:3] / data.rescale), 0, 255).astype(np.uint8)
+        pixels = np.clip(np.round(images[0][:3] / rescale), 0, 255).astype(np.uint8)
         samples = [tf.io.encode_png(p).numpy() for p in pixels]
         export_path = export_lib.export_image_classifier(
             model, os.path.join(run_dir, "export"), config.export.name, class_names, size,
-            channels, rescale=data.rescale, sample_bytes=samples, check=config.export.check)
+            channels, rescale=rescale, sample_bytes=samples, check=config.export.check)
         metrics["export_path"] = export_path
     base.write_json(os.path.join(run_dir, "metrics.json"), metrics)
     base.write_report(run_dir, "Image classification", metrics, scores["per_class"],
