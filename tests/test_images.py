@@ -125,3 +125,36 @@ def test_bad_color_mode_and_split():
     index = images.index_directory(os.path.join(DIGITS, "test"))
     with pytest.raises(DataError, match="validation_split"):
         images.split_index(index, 1.5, seed=0)
+
+
+def add_bad_files(folder):
+    """A zero-byte file, text named .jpg, and a truncated JPEG; returns their names."""
+    import io
+
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "text.jpg").write_text("not an image")
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(buffer, format="JPEG")
+    (folder / "cut.jpg").write_bytes(buffer.getvalue()[:200])
+    return ["empty.png", "text.jpg", "cut.jpg"]
+
+
+def test_bad_files_are_skipped_with_one_warning(tmp_path):
+    root = write_image_folder(tmp_path / "d", per_class=40)
+    names = add_bad_files(tmp_path / "d" / "a")
+    with pytest.warns(UserWarning, match="Skipping 3 of 83 image files") as record:
+        ds = images.image_dataset(root, 8, batch_size=100)
+    assert len(record) == 1
+    message = str(record[0].message)
+    for name in names:
+        assert name in message
+    assert "empty file" in message and "not a PNG" in message and "truncated JPEG" in message
+    x, y = next(iter(ds))
+    assert x.shape[0] == 80
+
+
+def test_too_many_bad_files_stop_with_the_list(tmp_path):
+    root = write_image_folder(tmp_path / "d", per_class=2)
+    add_bad_files(tmp_path / "d" / "a")
+    with pytest.raises(DataError, match="(?s)3 of 7 image files are unreadable.*text.jpg"):
+        images.image_dataset(root, 8)

@@ -9,43 +9,24 @@ it directly) with random access, endless iteration and ``as_dataset()``.
 
 from __future__ import annotations
 
-import concurrent.futures
 import math
 import threading
-import warnings
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from fmkeras.data.augment import augment_images
+from fmkeras.data.image_files import read_images
 from fmkeras.data.images import check_color_mode, decode_image, index_directory
 from fmkeras.errors import DataError, FmkerasError
 
 # ------------------------------------------------------------------ image files
-_MAGIC = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"),
-          (b"GIF89a", "GIF"), (b"BM", "BMP"))
 # tf.image.resize method and antialias for each legacy (PIL) interpolation name.
 _RESIZE = {"nearest": ("nearest", False), "bilinear": ("bilinear", True),
            "bicubic": ("bicubic", True), "lanczos": ("lanczos3", True),
            "box": ("area", False), "area": ("area", False)}
 _AUTO_CACHE_BYTES = 2 << 30
-
-
-def _header_problem(path):
-    """Why ``path`` is not an image, judged from its size and first bytes; or None."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(16)
-    except FileNotFoundError:
-        return "file not found"
-    except OSError as err:
-        return f"cannot be read ({err.strerror})"
-    if not head:
-        return "empty file (0 bytes)"
-    if not any(head.startswith(magic) for magic, _ in _MAGIC):
-        return f"not a PNG, JPEG, GIF or BMP image (starts with {head[:8]!r})"
-    return None
 
 
 def _image_loader(target_size, channels, interpolation):
@@ -66,64 +47,6 @@ def _image_loader(target_size, channels, interpolation):
         return tf.ensure_shape(image, list(target_size) + [channels])
 
     return load
-
-
-def _decode_all(paths, load, keep):
-    """Decode every file in parallel; return (indices that decoded, their images or None)."""
-    def decode(index, path):
-        image = load(path)
-        return index, image if keep else tf.zeros([], tf.uint8)
-
-    ds = (tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), paths))
-          .map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-          .ignore_errors().batch(512).prefetch(2))
-    indices, images = [], []
-    for index, image in ds:
-        indices.append(index.numpy())
-        if keep:
-            images.append(image.numpy())
-    ok = np.concatenate(indices) if indices else np.zeros([0], np.int64)
-    return ok, (np.concatenate(images) if keep and images else None)
-
-
-def _decode_error(load, path):
-    try:
-        load(tf.constant(path))
-    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as err:
-        return "cannot be decoded: " + err.message.split("[Op:")[0].split("}}")[-1].strip()
-    return "cannot be decoded"
-
-
-def _read_images(paths, load, cache, validate, max_bad_fraction, bad=()):
-    """Check the files, report the bad ones once; return (good positions, cache array)."""
-    bad = list(bad)
-    total = len(paths) + len(bad)
-    good = []
-    # Opening many small files is I/O bound: threads overlap the waits.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
-        problems = list(pool.map(_header_problem, paths, chunksize=256))
-    for i, (path, problem) in enumerate(zip(paths, problems)):
-        if problem:
-            bad.append((path, problem))
-        else:
-            good.append(i)
-    images = None
-    if validate and good:
-        good_paths = [paths[i] for i in good]
-        ok, images = _decode_all(good_paths, load, keep=cache)
-        failed = sorted(set(range(len(good_paths))) - set(ok.tolist()))
-        bad.extend((good_paths[i], _decode_error(load, good_paths[i])) for i in failed)
-        good = [good[i] for i in ok]
-    if bad:
-        listing = "\n".join(f"  {path}: {why}" for path, why in bad)
-        if len(bad) > max_bad_fraction * total:
-            raise DataError(
-                f"{len(bad)} of {total} image files are unreadable, more than "
-                f"max_bad_fraction={max_bad_fraction}. Expected readable PNG, JPEG, GIF or "
-                f"BMP files. Received:\n{listing}")
-        warnings.warn(f"Skipping {len(bad)} of {total} image files that cannot be used:\n"
-                      f"{listing}", stacklevel=5)
-    return np.asarray(good, np.int64), images
 
 
 def _split(subset, validation_split, n):
@@ -374,7 +297,7 @@ class _FileIterator(ImageIterator):
         if cache == "auto":
             cache = len(paths) * math.prod(hwc) <= _AUTO_CACHE_BYTES
         # Filling the cache decodes every image, which validates them anyway.
-        good, images = _read_images(paths, load, cache, validate or cache,
+        good, images = read_images(paths, load, cache, validate or cache,
                                     max_bad_fraction, bad)
         return load, good, images
 

@@ -200,6 +200,39 @@ def check_color_mode(color_mode):
     return COLOR_MODES[color_mode]
 
 
+def validate_index(index, max_bad_fraction=0.05, decode=True):
+    """Drop files that are not usable images, with one warning naming each and why.
+
+    A header check (magic bytes, zero-byte files) runs on every file, then a
+    parallel decode finds truncated or corrupt images. Above
+    ``max_bad_fraction`` it raises :class:`DataError` with the same list.
+
+    Args:
+        index: a :class:`DirectoryIndex`.
+        max_bad_fraction: float. Largest tolerated fraction of bad files.
+        decode: bool. Also decode every file (catches truncated images).
+
+    Returns:
+        A :class:`DirectoryIndex` of the usable files.
+
+    Example:
+
+    >>> len(validate_index(index_directory("data/digits/test")))
+    360
+    """
+    from fmkeras.data.image_files import read_images
+
+    def load(path):
+        return decode_image(tf.io.read_file(path), 1)
+
+    good, _ = read_images(index.paths, load, cache=False, validate=decode,
+                          max_bad_fraction=max_bad_fraction)
+    if len(good) == len(index):
+        return index
+    return dataclasses.replace(index, filenames=[index.filenames[i] for i in good],
+                               labels=index.labels[good])
+
+
 def split_index(index, validation_split, seed):
     """Split a :class:`DirectoryIndex` into (train, validation) by a fixed seed.
 
@@ -247,7 +280,7 @@ def split_index(index, validation_split, seed):
 
 def image_dataset(source, image_size, batch_size=32, color_mode="rgb", shuffle=False,
                   seed=0, cache=True, rescale=1.0 / 255, num_classes=None,
-                  label_mode="int", augment=None):
+                  label_mode="int", augment=None, validate=True, max_bad_fraction=0.05):
     """A batched ``tf.data.Dataset`` of ``(images, labels)`` from a folder or an index.
 
     Files are decoded in parallel, resized, optionally cached in memory (after
@@ -271,6 +304,10 @@ def image_dataset(source, image_size, batch_size=32, color_mode="rgb", shuffle=F
         augment: optional :class:`fmkeras.data.Augmentation` or callable
             ``(images, labels) -> (images, labels)`` applied per batch, on
             ``[0, 255]`` pixels, after caching.
+        validate: bool. Check every file first (:func:`validate_index`):
+            unusable files are skipped with one warning instead of failing
+            mid-epoch.
+        max_bad_fraction: float. Above this fraction of bad files, raise.
 
     Returns:
         ``tf.data.Dataset``.
@@ -283,6 +320,8 @@ def image_dataset(source, image_size, batch_size=32, color_mode="rgb", shuffle=F
     TensorShape([8, 16, 16, 1])
     """
     index = source if isinstance(source, DirectoryIndex) else index_directory(source)
+    if validate:
+        index = validate_index(index, max_bad_fraction)
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
     image_size = tuple(int(s) for s in image_size)

@@ -10,6 +10,7 @@ evaluates on the test split and exports a SavedModel that serves image bytes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 
 import keras
@@ -82,6 +83,7 @@ class ImageDataConfig:
     test_split: float = 0.2
     rescale: float = 1.0 / 255
     cache: bool = True
+    max_bad_fraction: float = 0.05
     pipeline: str = "tfdata"
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
 
@@ -187,15 +189,17 @@ def load_splits(data_config, seed):
             f"Image data folder not found. Expected a folder with train/ and test/ class "
             f"folders, or a folder of class folders. Received: data.path={root!r}")
     train_dir, test_dir = os.path.join(root, "train"), os.path.join(root, "test")
+    check = functools.partial(image_data.validate_index,
+                              max_bad_fraction=data_config.max_bad_fraction)
     if os.path.isdir(train_dir):
-        train = image_data.index_directory(train_dir)
+        train = check(image_data.index_directory(train_dir))
         if os.path.isdir(test_dir):
-            test = image_data.index_directory(test_dir, classes=train.class_names,
-                                              allow_empty_classes=True)
+            test = check(image_data.index_directory(test_dir, classes=train.class_names,
+                                                    allow_empty_classes=True))
         else:
             train, test = image_data.split_index(train, data_config.test_split, seed)
     else:
-        train, test = image_data.split_index(image_data.index_directory(root),
+        train, test = image_data.split_index(check(image_data.index_directory(root)),
                                              data_config.test_split, seed)
     if test is None:
         raise DataError(f"No test images: {root!r} has no test/ folder and data.test_split=0.")
@@ -249,7 +253,7 @@ def make_datasets(config):
         count = lambda ds: int(ds.unbatch().reduce(0, lambda n, _: n + 1))  # noqa: E731
         return ImageSplits(train, val, test, names, count(train), count(test))
     train_index, val_index, test_index = load_splits(data, seed)
-    common["num_classes"] = len(train_index.class_names)
+    common.update(num_classes=len(train_index.class_names), validate=False)  # checked above
     train = image_data.image_dataset(train_index, shuffle=True, seed=seed, cache=data.cache,
                                      augment=train_aug, **common)
     val = (image_data.image_dataset(val_index, cache=data.cache, **common)
@@ -275,7 +279,7 @@ def _generator_splits(data, aug, seed):
     plain = ImageDataGenerator(rescale=data.rescale, validation_split=data.validation_split)
     flow = dict(target_size=(data.image_size, data.image_size), color_mode=data.color_mode,
                 class_mode="categorical", batch_size=data.batch_size, seed=seed,
-                interpolation="bilinear")
+                interpolation="bilinear", max_bad_fraction=data.max_bad_fraction)
     subset = "training" if data.validation_split else None
     train = augmenting.flow_from_directory(train_dir, subset=subset, shuffle=True, **flow)
     val = (plain.flow_from_directory(train_dir, subset="validation", shuffle=False, **flow)
