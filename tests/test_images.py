@@ -158,3 +158,28 @@ def test_too_many_bad_files_stop_with_the_list(tmp_path):
     add_bad_files(tmp_path / "d" / "a")
     with pytest.raises(DataError, match="(?s)3 of 7 image files are unreadable.*text.jpg"):
         images.image_dataset(root, 8)
+
+
+def test_validation_split_subsets_are_disjoint_and_complete():
+    path = os.path.join(DIGITS, "test")
+    train, val = images.image_dataset(path, 8, batch_size=400, color_mode="grayscale",
+                                      validation_split=0.25, subset="both", seed=3)
+    n_train = sum(int(y.shape[0]) for _, y in train)
+    n_val = sum(int(y.shape[0]) for _, y in val)
+    assert (n_train, n_val) == (270, 90)
+    only_val = images.image_dataset(path, 8, batch_size=400, color_mode="grayscale",
+                                    validation_split=0.25, subset="validation", seed=3)
+    np.testing.assert_array_equal(next(iter(only_val))[1], next(iter(val))[1])
+    with pytest.raises(DataError, match="subset"):
+        images.image_dataset(path, 8, validation_split=0.2)
+
+
+def test_tfds_name_through_image_dataset():
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=10):
+        train, val = images.image_dataset("tfds:mnist", 8, batch_size=4, color_mode="grayscale",
+                                          validation_split=0.2, subset="both")
+        x, _ = next(iter(train))
+        assert x.shape == (4, 8, 8, 1)
+        assert next(iter(val))[0].shape[1:] == (8, 8, 1)

@@ -280,15 +280,17 @@ def split_index(index, validation_split, seed):
 
 def image_dataset(source, image_size, batch_size=32, color_mode="rgb", shuffle=False,
                   seed=0, cache=True, rescale=1.0 / 255, num_classes=None,
-                  label_mode="int", augment=None, validate=True, max_bad_fraction=0.05):
-    """A batched ``tf.data.Dataset`` of ``(images, labels)`` from a folder or an index.
+                  label_mode="int", augment=None, validate=True, max_bad_fraction=0.05,
+                  validation_split=None, subset=None):
+    """A batched ``tf.data.Dataset`` of ``(images, labels)`` from a folder, an index or tfds.
 
     Files are decoded in parallel, resized, optionally cached in memory (after
     resizing, before any random augmentation) and prefetched. When
     ``shuffle`` is true each epoch has a fresh order drawn from ``seed``.
 
     Args:
-        source: str (a ``root/<class>/<image>`` folder) or a
+        source: str (a ``root/<class>/<image>`` folder, or ``tfds:<name>`` for
+            the ``train`` split of a TensorFlow Datasets set) or a
             :class:`DirectoryIndex`.
         image_size: int or ``(height, width)``.
         batch_size: int.
@@ -308,9 +310,14 @@ def image_dataset(source, image_size, batch_size=32, color_mode="rgb", shuffle=F
             unusable files are skipped with one warning instead of failing
             mid-epoch.
         max_bad_fraction: float. Above this fraction of bad files, raise.
+        validation_split: optional float. Fraction held out (stratified,
+            by ``seed``) for validation.
+        subset: ``"training"``, ``"validation"`` or ``"both"`` (a pair of
+            datasets, the validation one neither shuffled nor augmented);
+            required with ``validation_split``.
 
     Returns:
-        ``tf.data.Dataset``.
+        ``tf.data.Dataset`` (a pair for ``subset="both"``).
 
     Example:
 
@@ -319,9 +326,37 @@ def image_dataset(source, image_size, batch_size=32, color_mode="rgb", shuffle=F
     >>> images.shape
     TensorShape([8, 16, 16, 1])
     """
+    settings = dict(image_size=image_size, batch_size=batch_size, color_mode=color_mode,
+                    seed=seed, cache=cache, rescale=rescale, label_mode=label_mode)
+    if validation_split:
+        if subset not in ("training", "validation", "both"):
+            raise DataError(f"validation_split needs subset='training', 'validation' or "
+                            f"'both'. Received: subset={subset!r}")
+    elif subset is not None:
+        raise DataError(f"subset={subset!r} needs a validation_split above 0. "
+                        f"Received: validation_split={validation_split!r}")
+    from fmkeras.data import tfds_images
+
+    if tfds_images.is_tfds_name(source):
+        if not validation_split:
+            return tfds_images.tfds_image_dataset(source, shuffle=shuffle, augment=augment,
+                                                  **settings)[0]
+        keep = int(round(100 * (1 - validation_split)))
+        train = tfds_images.tfds_image_dataset(source, split=f"train[:{keep}%]",
+                                               shuffle=shuffle, augment=augment, **settings)[0]
+        val = tfds_images.tfds_image_dataset(source, split=f"train[{keep}%:]", **settings)[0]
+        return {"training": train, "validation": val, "both": (train, val)}[subset]
     index = source if isinstance(source, DirectoryIndex) else index_directory(source)
     if validate:
         index = validate_index(index, max_bad_fraction)
+    if validation_split:
+        train_index, val_index = split_index(index, validation_split, seed)
+        common = dict(settings, num_classes=num_classes or len(index.class_names),
+                      validate=False)
+        train = (image_dataset(train_index, shuffle=shuffle, augment=augment, **common)
+                 if subset != "validation" else None)
+        val = image_dataset(val_index, **common) if subset != "training" else None
+        return {"training": train, "validation": val, "both": (train, val)}[subset]
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
     image_size = tuple(int(s) for s in image_size)
