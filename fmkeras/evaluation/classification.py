@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import csv
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; notebooks show the returned figures inline
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn import metrics as skm  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from sklearn import metrics as skm
 
 
 def classification_metrics(y_true, probabilities, class_names):
