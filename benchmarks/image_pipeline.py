@@ -24,7 +24,6 @@ import argparse
 import os
 import platform
 import sys
-import tarfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -37,6 +36,7 @@ from keras.src.legacy.preprocessing.image import (  # noqa: E402
 )
 from PIL import Image  # noqa: E402
 
+from fmkeras.data.archives import safe_extract  # noqa: E402
 from fmkeras.data.image_data_generator import ImageDataGenerator  # noqa: E402
 
 ARCHIVE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets",
@@ -53,8 +53,7 @@ def prepare_data(images, workdir, archive):
     if not os.path.isdir(source):
         if os.path.exists(archive):
             print(f"Extracting {archive} into {workdir} ...")
-            with tarfile.open(archive) as tar:
-                tar.extractall(workdir, filter="data")
+            safe_extract(archive, workdir)
         else:
             print("CIFAR-10 archive not found; generating random 32x32 JPEGs.")
             rng = np.random.default_rng(0)
