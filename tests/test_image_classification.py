@@ -143,3 +143,18 @@ def test_same_seed_reruns_identically_and_another_seed_differs(tmp_path):
     for x, y in zip(first, again):
         np.testing.assert_array_equal(x, y)
     assert any(not np.array_equal(x, y) for x, y in zip(first, other))
+
+
+def test_resumed_run_matches_an_uninterrupted_one_bitwise(tmp_path):
+    data = write_image_folder(tmp_path / "imgs", per_class=6)
+    overrides = ("train.epochs=4", "export.enabled=false", "deterministic=true",
+                 "data.augment.rotation_range=15", "data.augment.horizontal_flip=true",
+                 "train.verbose=0")
+    straight = task.run(tiny_config(data, str(tmp_path / "straight"), *overrides))
+    config = tiny_config(data, str(tmp_path / "resumed"), *overrides)
+    with pytest.raises(Interrupt):
+        task.run(config, callbacks=[StopAt(2)])
+    resumed = task.run(config)
+    for a, b in zip(straight.model.get_weights(), resumed.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert len(read_rows(os.path.join(str(tmp_path / "resumed"), "history.csv"))) == 4

@@ -54,3 +54,22 @@ def test_bad_optimizer_and_schedule():
         optimizers.learning_rate_schedule(0.1, "linear")
     with pytest.raises(ConfigError, match="learning_rate"):
         optimizers.learning_rate_schedule(-1.0)
+
+
+def test_best_checkpoint_value_survives_a_restart(tmp_path):
+    from fmkeras.training.callbacks import BestCheckpoint
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    path = str(tmp_path / "best.keras")
+    first = BestCheckpoint(path, monitor="loss")
+    first.set_model(model)
+    first.on_train_begin()
+    first.on_epoch_end(0, {"loss": 0.5})
+    saved = (tmp_path / "best.keras").stat().st_mtime_ns
+    again = BestCheckpoint(path, monitor="loss")
+    again.set_model(model)
+    again.on_train_begin()
+    assert again.best == 0.5
+    again.on_epoch_end(1, {"loss": 0.9})  # worse: must not overwrite the better file
+    assert (tmp_path / "best.keras").stat().st_mtime_ns == saved

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -281,7 +282,7 @@ def split_index(index, validation_split, seed):
 def image_dataset(source, image_size, batch_size=32, color_mode="rgb", shuffle=False,
                   seed=0, cache=True, rescale=1.0 / 255, num_classes=None,
                   label_mode="int", augment=None, validate=True, max_bad_fraction=0.05,
-                  validation_split=None, subset=None):
+                  validation_split=None, subset=None, epoch_counter=None):
     """A batched ``tf.data.Dataset`` of ``(images, labels)`` from a folder, an index or tfds.
 
     Files are decoded in parallel, resized, optionally cached in memory (after
@@ -315,6 +316,10 @@ def image_dataset(source, image_size, batch_size=32, color_mode="rgb", shuffle=F
         subset: ``"training"``, ``"validation"`` or ``"both"`` (a pair of
             datasets, the validation one neither shuffled nor augmented);
             required with ``validation_split``.
+        epoch_counter: optional :class:`EpochCounter`. With ``shuffle`` or
+            ``augment``, each pass's order and transforms are a pure function
+            of ``(seed, epoch, batch)``; pass ``epoch_counter.callback()`` to
+            ``model.fit`` so a resumed run repeats the same epochs exactly.
 
     Returns:
         ``tf.data.Dataset`` (a pair for ``subset="both"``).
@@ -353,7 +358,8 @@ def image_dataset(source, image_size, batch_size=32, color_mode="rgb", shuffle=F
         train_index, val_index = split_index(index, validation_split, seed)
         common = dict(settings, num_classes=num_classes or len(index.class_names),
                       validate=False)
-        train = (image_dataset(train_index, shuffle=shuffle, augment=augment, **common)
+        train = (image_dataset(train_index, shuffle=shuffle, augment=augment,
+                               epoch_counter=epoch_counter, **common)
                  if subset != "validation" else None)
         val = image_dataset(val_index, **common) if subset != "training" else None
         return {"training": train, "validation": val, "both": (train, val)}[subset]
@@ -364,15 +370,121 @@ def image_dataset(source, image_size, batch_size=32, color_mode="rgb", shuffle=F
     if label_mode not in ("int", "categorical"):
         raise DataError(f"Expected label_mode 'int' or 'categorical'. Received: {label_mode!r}")
     num_classes = num_classes or len(index.class_names)
+    if shuffle or augment is not None:
+        return _epoch_pipeline(index, image_size, channels, batch_size, shuffle, seed, cache,
+                               num_classes, label_mode, augment, rescale, epoch_counter)
     ds = tf.data.Dataset.from_tensor_slices((index.paths, index.labels))
 
     def load(path, label):
         return decode_image(tf.io.read_file(path), channels, image_size), label
 
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return batch_pipeline(ds, batch_size, cache=cache, shuffle_buffer=len(index) if shuffle
-                          else 0, seed=seed, num_classes=num_classes, label_mode=label_mode,
-                          augment=augment, rescale=rescale)
+    return batch_pipeline(ds, batch_size, cache=cache, num_classes=num_classes,
+                          label_mode=label_mode, rescale=rescale)
+
+
+class EpochCounter:
+    """The epoch a training pipeline is in, so its order and augmentation follow the epoch.
+
+    A pipeline made with a counter reads it (and adds one) each time a pass
+    over it starts; :meth:`callback` sets it to Keras' epoch number at the
+    start of every epoch, so a run resumed at epoch ``k`` gets epoch ``k``'s
+    order and transforms, exactly as an uninterrupted run would.
+
+    Args:
+        start: int. The epoch of the first pass.
+
+    Example:
+
+    >>> counter = EpochCounter()
+    >>> ds = image_dataset("data/digits/test", 8, batch_size=360, color_mode="grayscale",
+    ...                    shuffle=True, epoch_counter=counter)
+    >>> callbacks = [counter.callback()]  # pass to model.fit
+    """
+
+    def __init__(self, start=0):
+        self.variable = tf.Variable(int(start), dtype=tf.int64, trainable=False,
+                                    name="epoch_counter")
+
+    def set(self, epoch):
+        """Make ``epoch`` the epoch of the next pass."""
+        self.variable.assign(int(epoch))
+
+    def callback(self):
+        """A Keras callback that sets the counter at the start of each epoch."""
+        return _EpochCallback(self)
+
+
+class _EpochCallback(keras.callbacks.Callback):
+    def __init__(self, counter):
+        super().__init__()
+        self.counter = counter
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.counter.set(epoch)
+
+
+# Decoded images are kept in memory (float32) up to this size; beyond it they are
+# decoded again each epoch.
+CACHE_BYTES = 2 << 30
+
+
+def _epoch_pipeline(index, image_size, channels, batch_size, shuffle, seed, cache,
+                    num_classes, label_mode, augment, rescale, counter):
+    """Batches whose order and augmentation are a pure function of (seed, epoch, batch)."""
+    from fmkeras.data.image_files import decode_all
+
+    counter = counter or EpochCounter()
+    paths, labels = index.paths, index.labels
+
+    def load(path):
+        return decode_image(tf.io.read_file(path), channels, image_size)
+
+    pixels = None
+    if cache and len(paths) * int(np.prod(image_size)) * channels * 4 <= CACHE_BYTES:
+        good, decoded = decode_all(paths, load, keep=True)
+        if len(good) != len(paths):
+            raise DataError(f"{len(paths) - len(good)} images in {index.directory!r} cannot "
+                            "be decoded; check them with fmkeras.data.images.validate_index.")
+        # A variable, not a constant: tf.data captures it by reference, not in the graph.
+        pixels = tf.Variable(decoded, trainable=False, name="decoded_images")
+    paths_t, labels_t = tf.constant(paths), tf.constant(labels)
+    count = len(paths)
+
+    def epoch_elements(_):
+        epoch = counter.variable.assign_add(1) - 1
+        order = tf.range(count, dtype=tf.int64)
+        if shuffle:
+            order = tf.random.experimental.stateless_shuffle(
+                order, seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+        return tf.data.Dataset.from_tensor_slices(order).map(lambda i: (i, epoch))
+
+    ds = tf.data.Dataset.range(1).flat_map(epoch_elements)
+    if pixels is not None:
+        ds = ds.batch(batch_size).map(
+            lambda i, e: (tf.gather(pixels, i), tf.gather(labels_t, i), e[0]))
+    else:
+        ds = ds.map(lambda i, e: (load(tf.gather(paths_t, i)), tf.gather(labels_t, i), e),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(batch_size).map(lambda x, y, e: (x, y, e[0]))
+    ds = ds.enumerate()
+
+    def finish(batch, element):
+        images, ids, epoch = element
+        if augment is not None and not callable(augment):
+            from fmkeras.data.augment import augment_images
+
+            pair = tf.stack([tf.constant(seed, tf.int64), epoch * (1 << 24) + batch])
+            images = augment_images(images, augment, pair)
+        targets = tf.one_hot(ids, num_classes) if label_mode == "categorical" else ids
+        if callable(augment):
+            images, targets = augment(images, targets)
+        return images * rescale, targets
+
+    ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
+    # flat_map hides the length; Keras needs it to know where an epoch ends.
+    batches = -(-count // batch_size)
+    return ds.apply(tf.data.experimental.assert_cardinality(batches)).prefetch(tf.data.AUTOTUNE)
 
 
 def batch_pipeline(ds, batch_size, cache=True, shuffle_buffer=0, seed=0, num_classes=None,

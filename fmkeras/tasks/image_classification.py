@@ -217,6 +217,7 @@ class ImageSplits:
     class_names: list
     train_samples: int
     test_samples: int
+    callbacks: list = dataclasses.field(default_factory=list)
 
 
 def make_datasets(config):
@@ -254,13 +255,16 @@ def make_datasets(config):
         return ImageSplits(train, val, test, names, count(train), count(test))
     train_index, val_index, test_index = load_splits(data, seed)
     common.update(num_classes=len(train_index.class_names), validate=False)  # checked above
+    # The epoch's order and augmentation follow Keras' epoch number, so a resumed run
+    # replays exactly the epochs an uninterrupted one would.
+    counter = image_data.EpochCounter()
     train = image_data.image_dataset(train_index, shuffle=True, seed=seed, cache=data.cache,
-                                     augment=train_aug, **common)
+                                     augment=train_aug, epoch_counter=counter, **common)
     val = (image_data.image_dataset(val_index, cache=data.cache, **common)
            if val_index is not None else None)
     test = image_data.image_dataset(test_index, cache=False, **common)
     return ImageSplits(train, val, test, train_index.class_names, len(train_index),
-                       len(test_index))
+                       len(test_index), [counter.callback()])
 
 
 def _generator_splits(data, aug, seed):
@@ -357,7 +361,7 @@ def run(config, callbacks=()):
     callbacks = callbacks_lib.standard_callbacks(
         run_dir, monitor=monitor, early_stopping_patience=train.early_stopping_patience,
         reduce_lr_patience=2 if train.schedule == "plateau" else None, resume=resume,
-        extra=callbacks)
+        extra=[*splits.callbacks, *callbacks], seed=config.seed)
     try:
         model.fit(splits.train, validation_data=splits.validation, epochs=train.epochs,
                   callbacks=callbacks, verbose=train.verbose, shuffle=False)

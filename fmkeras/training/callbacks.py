@@ -8,6 +8,7 @@ import math
 import os
 
 import keras
+import numpy as np
 
 from fmkeras.errors import FmkerasError
 
@@ -52,6 +53,79 @@ class NaNGuard(keras.callbacks.Callback):
                     f"Training stopped: {key} became {float(value)} at epoch {self._epoch + 1}, "
                     f"batch {batch}. Expected finite values; lower the learning rate or check "
                     f"the data. The last good checkpoint is kept.")
+
+
+class EpochSeeds(keras.callbacks.Callback):
+    """Reseed every random layer (dropout, noise, ...) from ``(seed, epoch)`` at each epoch.
+
+    ``BackupAndRestore`` restores weights and the optimizer but not the state
+    of the layers' ``SeedGenerator`` s, so a resumed run would draw other
+    dropout masks than an uninterrupted one. Keying each generator to the
+    epoch makes the draws of an epoch the same however the run got there.
+
+    Args:
+        seed: int. The run's seed.
+
+    Example:
+
+    >>> seeds = EpochSeeds(42)  # pass to model.fit(callbacks=[...])
+    """
+
+    def __init__(self, seed):
+        super().__init__()
+        self.seed = int(seed)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        generators = []
+        for layer in self.model._flatten_layers(include_self=True):
+            generators.extend(value for value in vars(layer).values()
+                              if isinstance(value, keras.random.SeedGenerator))
+        for i, generator in enumerate(generators):
+            generator.state.assign(np.array([self.seed * 1009 + i, epoch << 20],
+                                            dtype=generator.state.dtype))
+
+
+class BestCheckpoint(keras.callbacks.ModelCheckpoint):
+    """``ModelCheckpoint(save_best_only=True)`` whose best value survives a resume.
+
+    The best value so far is written beside the checkpoint
+    (``<file>.best.json``) after each save and read back when training
+    starts, so a resumed run does not overwrite a better checkpoint with the
+    first epoch it trains.
+
+    Args:
+        filepath: str. The ``.keras`` file.
+        monitor: str. Metric to watch (lower is better for losses, higher
+            for accuracies, as Keras infers).
+
+    Example:
+
+    >>> best = BestCheckpoint("/tmp/fmkeras-example/best.keras", monitor="val_loss")
+    """
+
+    def __init__(self, filepath, monitor="val_loss"):
+        super().__init__(filepath, monitor=monitor, save_best_only=True)
+        self.state_path = f"{filepath}.best.json"
+        # Only the epoch hooks act: keep Keras' asynchronous step dispatch.
+        self.async_safe = True
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if os.path.exists(self.state_path) and os.path.exists(self.filepath):
+            with open(self.state_path, encoding="utf-8") as f:
+                state = json.load(f)
+            if state.get("monitor") == self.monitor:
+                self.best = float(state["best"])
+
+    def on_epoch_end(self, epoch, logs=None):
+        before = self.best
+        super().on_epoch_end(epoch, logs)
+        if self.best != before:
+            tmp = f"{self.state_path}.tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump({"monitor": self.monitor, "best": float(self.best),
+                           "epoch": epoch}, f)
+            os.replace(tmp, self.state_path)
 
 
 def prepare_resume(run_dir):
@@ -101,7 +175,7 @@ def close_files(callbacks):
 
 
 def standard_callbacks(run_dir, monitor="val_loss", early_stopping_patience=None,
-                       reduce_lr_patience=None, resume=False, extra=()):
+                       reduce_lr_patience=None, resume=False, extra=(), seed=None):
     """The callbacks every fmkeras training run uses.
 
     Writes into ``run_dir``: ``checkpoints/best.keras`` (best ``monitor``),
@@ -118,6 +192,8 @@ def standard_callbacks(run_dir, monitor="val_loss", early_stopping_patience=None
             halving the learning rate; ``None`` disables it.
         resume: bool. Append to an existing ``history.csv`` (a resumed run).
         extra: iterable of more callbacks, appended at the end.
+        seed: optional int. Adds :class:`EpochSeeds`, so random layers draw the
+            same values in an epoch whether or not the run was resumed.
 
     Returns:
         list of ``keras.callbacks.Callback``.
@@ -131,11 +207,10 @@ def standard_callbacks(run_dir, monitor="val_loss", early_stopping_patience=None
     checkpoints = os.path.join(run_dir, "checkpoints")
     os.makedirs(checkpoints, exist_ok=True)
     backup = keras.callbacks.BackupAndRestore(os.path.join(checkpoints, "backup"))
-    best = keras.callbacks.ModelCheckpoint(
-        os.path.join(checkpoints, "best.keras"), monitor=monitor, save_best_only=True)
-    # With per-epoch saving their batch hooks do nothing, so Keras may keep
+    best = BestCheckpoint(os.path.join(checkpoints, "best.keras"), monitor=monitor)
+    # With per-epoch saving its batch hook does nothing, so Keras may keep
     # dispatching steps asynchronously instead of syncing after every batch.
-    backup.async_safe = best.async_safe = True
+    backup.async_safe = True
     callbacks = [
         backup,
         NaNGuard(),
@@ -149,5 +224,7 @@ def standard_callbacks(run_dir, monitor="val_loss", early_stopping_patience=None
     if early_stopping_patience is not None:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor=monitor, patience=early_stopping_patience, restore_best_weights=True))
+    if seed is not None:
+        callbacks.append(EpochSeeds(seed))
     callbacks.extend(extra)
     return callbacks
