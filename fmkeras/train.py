@@ -12,7 +12,9 @@ import argparse
 import difflib
 import importlib
 import os
+import signal
 import sys
+import threading
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up chatter out
 
@@ -29,7 +31,16 @@ TASKS = {
 DEFAULT_TASK = "image-classification"
 EXIT_USER_ERROR = 2
 EXIT_FAILURE = 1
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # Ctrl-C
+EXIT_TERMINATED = 143  # SIGTERM: 128 + 15, as shells report it
+
+
+class Terminated(BaseException):
+    """Raised in the main thread when the process receives SIGTERM."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
 
 
 def build_parser():
@@ -105,6 +116,10 @@ def main(argv=None):
     """Entry point; returns the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        # A scheduler's SIGTERM stops at the next step; the last completed epoch is
+        # already backed up, so rerunning the same command resumes from there.
+        signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         module, config = load_task_config(args.task, args.config, args.overrides,
                                           args.run_dir, args.precision)
@@ -115,6 +130,10 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("interrupted; rerun the same command with --run-dir to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Terminated:
+        print("terminated (SIGTERM); training stopped after the last completed epoch, which is "
+              "saved; rerun the same command with --run-dir to resume", file=sys.stderr)
+        return EXIT_TERMINATED
     except Exception as err:  # noqa: BLE001 - the CLI turns every error into one line
         if args.debug:
             raise
