@@ -33,7 +33,7 @@ def test_run_writes_the_whole_run_directory(tmp_path):
     data = write_image_folder(tmp_path / "imgs", classes=("cat", "dog", "émeu"), per_class=6)
     run_dir = str(tmp_path / "run")
     result = task.run(tiny_config(data, run_dir))
-    for name in ("config.yaml", "metrics.json", "history.csv", "report.md",
+    for name in ("config.yaml", "manifest.json", "metrics.json", "history.csv", "report.md",
                  "plots/training_curves.png", "plots/confusion_matrix.png",
                  "checkpoints/best.keras"):
         assert os.path.exists(os.path.join(run_dir, name)), name
@@ -45,6 +45,9 @@ def test_run_writes_the_whole_run_directory(tmp_path):
     report = pathlib.Path(run_dir, "report.md").read_text(encoding="utf-8")
     assert "| émeu |" in report and "plots/confusion_matrix.png" in report
     assert "tensorflow" in report and "model:" in report
+    manifest = json.loads(pathlib.Path(run_dir, "manifest.json").read_text())
+    assert manifest["seed"] == 42 and len(manifest["config_sha256"]) == 64
+    assert manifest["versions"]["tensorflow"] and manifest["task"] == "image-classification"
     saved = config_lib.read_yaml(os.path.join(run_dir, "config.yaml"))
     assert saved["task"] == "image-classification" and saved["train"]["epochs"] == 2
     assert result.export_path == os.path.join(run_dir, "export", "image_classifier", "1")

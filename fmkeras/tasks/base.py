@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import os
 import platform
+import subprocess
 import sys
 
 from fmkeras import config as config_lib
@@ -61,7 +63,67 @@ def prepare_run_dir(run_dir, config, task):
     """
     os.makedirs(os.path.join(run_dir, "plots"), exist_ok=True)
     config_lib.save_config(config, os.path.join(run_dir, "config.yaml"), task=task)
+    write_json(os.path.join(run_dir, "manifest.json"), manifest(config, task))
     return run_dir
+
+
+def config_hash(config):
+    """SHA-256 of the resolved config (canonical JSON), the same for equal configs.
+
+    Example:
+
+    >>> @dataclasses.dataclass
+    ... class C:
+    ...     seed: int = 1
+    >>> config_hash(C()) == config_hash(C()) != config_hash(C(seed=2))
+    True
+    """
+    text = json.dumps(config_lib.to_dict(config), sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def git_revision():
+    """The git commit of the fmkeras checkout in use (``-dirty`` if modified), or ``None``.
+
+    Example:
+
+    >>> git_revision() is None or len(git_revision()) >= 40
+    True
+    """
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        rev = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+        if rev.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return rev.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def manifest(config, task):
+    """What identifies a run: task, seed, config hash, versions, platform, git revision.
+
+    Example:
+
+    >>> @dataclasses.dataclass
+    ... class C:
+    ...     seed: int = 7
+    >>> manifest(C(), "demo")["seed"]
+    7
+    """
+    return {
+        "task": task,
+        "seed": getattr(config, "seed", None),
+        "deterministic": getattr(config, "deterministic", None),
+        "config_sha256": config_hash(config),
+        "versions": package_versions(),
+        "git_revision": git_revision(),
+        "command": sys.argv,
+        "started_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def write_json(path, data):
