@@ -70,6 +70,9 @@ def build_parser():
     parser.add_argument("--precision", choices=["auto", "float32", "mixed_float16",
                                                 "mixed_bfloat16"],
                         help="dtype policy (overrides the config)")
+    parser.add_argument("--force-resume", action="store_true",
+                        help="resume an interrupted run even if its model, optimizer, batch "
+                        "size or data changed")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -86,7 +89,8 @@ def _task_entry(task):
     return module, getattr(module, config_name), preset
 
 
-def load_task_config(task, config_path=None, overrides=(), run_dir=None, precision=None):
+def load_task_config(task, config_path=None, overrides=(), run_dir=None, precision=None,
+                     force_resume=False):
     """Resolve the task's module and config from the CLI arguments.
 
     Example:
@@ -109,6 +113,8 @@ def load_task_config(task, config_path=None, overrides=(), run_dir=None, precisi
         overrides.append(f"run_dir={run_dir}")
     if precision:
         overrides.append(f"precision={precision}")
+    if force_resume:
+        overrides.append("force_resume=true")
     return module, config_lib.load_config(config_cls, source, overrides)
 
 
@@ -122,7 +128,7 @@ def main(argv=None):
         signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         module, config = load_task_config(args.task, args.config, args.overrides,
-                                          args.run_dir, args.precision)
+                                          args.run_dir, args.precision, args.force_resume)
         # The policy must be in force before the task builds any model.
         from fmkeras.training.precision import set_precision
         set_precision(config.precision)

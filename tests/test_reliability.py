@@ -6,6 +6,7 @@ and exits with code 143, history keeps one row per epoch.
 """
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -107,3 +108,114 @@ def test_sigterm_exits_143_and_the_next_run_resumes(data, tmp_path):
     assert resumed.returncode == 0, err
     assert [int(r["epoch"]) for r in rows(run_dir)] == list(range(EPOCHS))
     assert done >= 1
+
+
+# --- checkpoints are atomic and checked -------------------------------------------------
+
+from fmkeras import config as config_lib  # noqa: E402
+from fmkeras.errors import ConfigError  # noqa: E402
+from fmkeras.tasks import image_classification as task  # noqa: E402
+
+
+class Stop(Exception):
+    pass
+
+
+class StopAt(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise Stop()
+
+
+class FirstEpoch(keras.callbacks.Callback):
+    first = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.first = epoch if self.first is None else self.first
+
+
+def tiny(data, run_dir, *overrides):
+    base = [f"data.path={data}", f"run_dir={run_dir}", "data.image_size=8",
+            "data.color_mode=rgb", "data.batch_size=8", "model.filters=[4]",
+            "model.dense_units=8", "train.epochs=4", "train.warmup_epochs=0",
+            "export.enabled=false", "train.verbose=0"]
+    return config_lib.load_config(task.ImageClassificationConfig, None, base + list(overrides))
+
+
+def interrupted(data, run_dir, at=3, *overrides):
+    config = tiny(data, run_dir, *overrides)
+    with pytest.raises(Stop):
+        task.run(config, callbacks=[StopAt(at)])
+    return config
+
+
+def backups(run_dir):
+    folder = os.path.join(run_dir, "checkpoints", "backup")
+    return sorted(f for f in os.listdir(folder) if f.startswith("epoch-"))
+
+
+def test_backup_keeps_two_atomic_checkpoints_and_survives_an_exception(data, tmp_path):
+    interrupted(data, str(tmp_path / "run"))
+    assert backups(str(tmp_path / "run")) == ["epoch-0002.weights.h5", "epoch-0003.weights.h5"]
+    folder = tmp_path / "run" / "checkpoints" / "backup"
+    assert not [f for f in os.listdir(folder) if f.startswith(".tmp")]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "empty", "foreign"])
+def test_damaged_newest_checkpoint_falls_back_to_the_previous(data, tmp_path, damage):
+    run_dir = str(tmp_path / "run")
+    config = interrupted(data, run_dir)
+    newest = os.path.join(run_dir, "checkpoints", "backup", "epoch-0003.weights.h5")
+    if damage == "truncate":
+        with open(newest, "r+b") as f:
+            f.truncate(os.path.getsize(newest) // 2)
+    elif damage == "empty":
+        open(newest, "wb").close()
+    else:
+        keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]).save_weights(newest)
+    first = FirstEpoch()
+    with pytest.warns(RuntimeWarning, match="epoch-0003.weights.h5"):
+        task.run(config, callbacks=[first])
+    assert first.first == 2  # resumed from the previous good epoch
+    assert [int(r["epoch"]) for r in rows(run_dir)] == [0, 1, 2, 3]
+
+
+def test_no_usable_checkpoint_starts_fresh(data, tmp_path):
+    run_dir = str(tmp_path / "run")
+    config = interrupted(data, run_dir)
+    for name in backups(run_dir):
+        open(os.path.join(run_dir, "checkpoints", "backup", name), "wb").close()
+    first = FirstEpoch()
+    with pytest.warns(RuntimeWarning) as record:
+        task.run(config, callbacks=[first])
+    messages = [str(w.message) for w in record]
+    assert any("starting from scratch" in m for m in messages)
+    assert sum("Skipping unusable checkpoint" in m for m in messages) == 2
+    assert first.first == 0
+    assert [int(r["epoch"]) for r in rows(run_dir)] == [0, 1, 2, 3]
+
+
+def test_resume_with_changed_settings_is_refused_unless_forced(data, tmp_path):
+    run_dir = str(tmp_path / "run")
+    interrupted(data, run_dir)
+    changed = tiny(data, run_dir, "data.batch_size=4", "train.optimizer=sgd")
+    with pytest.raises(ConfigError, match="data.batch_size, optimizer.optimizer"):
+        task.run(changed)
+    first = FirstEpoch()
+    with pytest.warns(RuntimeWarning, match="some state was not restored"):
+        task.run(tiny(data, run_dir, "data.batch_size=4", "train.optimizer=sgd",
+                      "force_resume=true"), callbacks=[first])
+    assert first.first == 3
+
+
+def test_best_checkpoint_value_survives_a_resume(data, tmp_path):
+    run_dir = str(tmp_path / "run")
+    config = interrupted(data, run_dir, 3)
+    state = json.loads((tmp_path / "run" / "checkpoints" / "best.keras.best.json").read_text())
+    task.run(config)
+    again = json.loads((tmp_path / "run" / "checkpoints" / "best.keras.best.json").read_text())
+    assert again["best"] <= state["best"]

@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from fmkeras import config as config_lib
 from fmkeras import export as export_lib
 from fmkeras import models
 from fmkeras.data import images as image_data
@@ -146,6 +147,7 @@ class ImageClassificationConfig:
     seed: int = 42
     deterministic: bool = False
     run_dir: str | None = None
+    force_resume: bool = False
 
 
 MODEL_NAMES = ("simple_cnn", "resnet", "mlp")
@@ -267,6 +269,27 @@ def make_datasets(config):
                        len(test_index), [counter.callback()])
 
 
+def resume_identity(config, splits):
+    """What must not change for an interrupted run to be resumed.
+
+    Example:
+
+    >>> splits = make_datasets(ImageClassificationConfig())
+    >>> sorted(resume_identity(ImageClassificationConfig(), splits))
+    ['data', 'model', 'optimizer']
+    """
+    data = config.data
+    return {
+        "model": config_lib.to_dict(config.model),
+        "optimizer": {k: getattr(config.train, k) for k in (
+            "optimizer", "learning_rate", "weight_decay", "schedule", "warmup_epochs",
+            "label_smoothing")},
+        "data": {"path": data.path, "batch_size": data.batch_size,
+                 "image_size": data.image_size, "color_mode": data.color_mode,
+                 "classes": list(splits.class_names), "train_samples": splits.train_samples},
+    }
+
+
 def _generator_splits(data, aug, seed):
     """Train/validation/test from the ImageDataGenerator-compatible API."""
     train_dir, test_dir = os.path.join(data.path, "train"), os.path.join(data.path, "test")
@@ -361,7 +384,8 @@ def run(config, callbacks=()):
     callbacks = callbacks_lib.standard_callbacks(
         run_dir, monitor=monitor, early_stopping_patience=train.early_stopping_patience,
         reduce_lr_patience=2 if train.schedule == "plateau" else None, resume=resume,
-        extra=[*splits.callbacks, *callbacks], seed=config.seed)
+        extra=[*splits.callbacks, *callbacks], seed=config.seed,
+        identity=resume_identity(config, splits), force_resume=config.force_resume)
     try:
         model.fit(splits.train, validation_data=splits.validation, epochs=train.epochs,
                   callbacks=callbacks, verbose=train.verbose, shuffle=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -11,6 +10,7 @@ import keras
 import numpy as np
 
 from fmkeras.errors import FmkerasError
+from fmkeras.training.checkpoints import ResumableBackup, has_backup
 
 
 class NonFiniteLossError(FmkerasError):
@@ -129,33 +129,14 @@ class BestCheckpoint(keras.callbacks.ModelCheckpoint):
 
 
 def prepare_resume(run_dir):
-    """Get ``run_dir`` ready to resume; return the completed epochs, or ``None``.
-
-    ``BackupAndRestore`` resumes from the last completed epoch. The history
-    may hold a row for an epoch the backup does not (killed between the two
-    writes), so rows from that epoch on are dropped: each epoch appears once.
-
-    Args:
-        run_dir: str. The run directory.
+    """Whether ``run_dir`` holds an interrupted run to resume.
 
     Example:
 
-    >>> prepare_resume("/nonexistent/run") is None
-    True
+    >>> prepare_resume("/nonexistent/run")
+    False
     """
-    metadata = os.path.join(run_dir, "checkpoints", "backup", "training_metadata.json")
-    if not os.path.exists(metadata):
-        return None
-    with open(metadata, encoding="utf-8") as f:
-        completed = int(json.load(f).get("epoch", 0))
-    history = os.path.join(run_dir, "history.csv")
-    if os.path.exists(history):
-        with open(history, newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f))
-        kept = rows[:1] + [r for r in rows[1:] if r and int(r[0]) < completed]
-        with open(history, "w", newline="", encoding="utf-8") as f:
-            csv.writer(f).writerows(kept)
-    return completed
+    return has_backup(os.path.join(run_dir, "checkpoints", "backup"))
 
 
 def close_files(callbacks):
@@ -175,12 +156,13 @@ def close_files(callbacks):
 
 
 def standard_callbacks(run_dir, monitor="val_loss", early_stopping_patience=None,
-                       reduce_lr_patience=None, resume=False, extra=(), seed=None):
+                       reduce_lr_patience=None, resume=False, extra=(), seed=None,
+                       identity=None, force_resume=False):
     """The callbacks every fmkeras training run uses.
 
     Writes into ``run_dir``: ``checkpoints/best.keras`` (best ``monitor``),
-    ``checkpoints/backup/`` (``BackupAndRestore``: rerunning an interrupted
-    run in the same directory resumes it), ``history.csv`` and
+    ``checkpoints/backup/`` (:class:`ResumableBackup`: rerunning an
+    interrupted run in the same directory resumes it), ``history.csv`` and
     ``tensorboard/``.
 
     Args:
@@ -194,6 +176,9 @@ def standard_callbacks(run_dir, monitor="val_loss", early_stopping_patience=None
         extra: iterable of more callbacks, appended at the end.
         seed: optional int. Adds :class:`EpochSeeds`, so random layers draw the
             same values in an epoch whether or not the run was resumed.
+        identity: optional dict. What must match to resume (see
+            :class:`fmkeras.training.checkpoints.ResumableBackup`).
+        force_resume: bool. Resume even if ``identity`` changed.
 
     Returns:
         list of ``keras.callbacks.Callback``.
@@ -202,15 +187,13 @@ def standard_callbacks(run_dir, monitor="val_loss", early_stopping_patience=None
 
     >>> callbacks = standard_callbacks("/tmp/fmkeras-example-run")
     >>> type(callbacks[0]).__name__
-    'BackupAndRestore'
+    'ResumableBackup'
     """
     checkpoints = os.path.join(run_dir, "checkpoints")
     os.makedirs(checkpoints, exist_ok=True)
-    backup = keras.callbacks.BackupAndRestore(os.path.join(checkpoints, "backup"))
+    backup = ResumableBackup(os.path.join(checkpoints, "backup"), identity, force_resume,
+                             history_path=os.path.join(run_dir, "history.csv"))
     best = BestCheckpoint(os.path.join(checkpoints, "best.keras"), monitor=monitor)
-    # With per-epoch saving its batch hook does nothing, so Keras may keep
-    # dispatching steps asynchronously instead of syncing after every batch.
-    backup.async_safe = True
     callbacks = [
         backup,
         NaNGuard(),

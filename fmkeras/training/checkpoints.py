@@ -1,0 +1,220 @@
+"""Resumable training state: atomic, checked, refused when the run changed.
+
+:class:`ResumableBackup` replaces ``keras.callbacks.BackupAndRestore``:
+
+- every epoch it writes ``backup/epoch-NNNN.weights.h5`` (model and optimizer
+  variables) to a temporary name, reloads nothing half-written, renames it
+  into place, then records ``state.json``; the two newest epochs are kept;
+- when training starts it restores the newest checkpoint that loads; a
+  truncated, zero-byte or foreign file is skipped with a warning naming it,
+  and if none loads the run starts fresh from its initial weights (never a
+  half-loaded model);
+- a resume whose model, optimizer, batch size or data differ from the saved
+  run is refused with the differing keys listed, unless ``force=True``;
+- the backup is deleted only when training ends normally, so it survives a
+  run that stops by NaN, exception or signal.
+
+The contract for an interrupted epoch: it restarts from its beginning, with
+its own data order (pipelines keyed to the epoch), so no batch counts twice.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import math
+import os
+import re
+import shutil
+import warnings
+
+import keras
+
+from fmkeras.errors import ConfigError
+
+STATE_FILE = "state.json"
+_NAME = re.compile(r"epoch-(\d+)\.weights\.h5$")
+
+
+def _flatten(data, prefix=""):
+    flat = {}
+    for key, value in (data or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def differing_keys(saved, current):
+    """Dotted keys whose values differ between two nested dicts.
+
+    Example:
+
+    >>> differing_keys({"model": {"depth": 8}}, {"model": {"depth": 20}})
+    ['model.depth']
+    """
+    a, b = _flatten(saved), _flatten(current)
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def read_state(backup_dir):
+    """The saved ``state.json`` of a backup folder, or ``None``.
+
+    Example:
+
+    >>> read_state("/nonexistent") is None
+    True
+    """
+    path = os.path.join(backup_dir, STATE_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _truncate_history(path, completed):
+    if not path or not os.path.exists(path):
+        return
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    kept = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) < completed]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(kept)
+
+
+def has_backup(backup_dir):
+    """Whether ``backup_dir`` holds an epoch checkpoint (a run to resume).
+
+    Example:
+
+    >>> has_backup("/nonexistent")
+    False
+    """
+    return bool(glob.glob(os.path.join(backup_dir, "epoch-*.weights.h5")))
+
+
+class ResumableBackup(keras.callbacks.Callback):
+    """Back up training every epoch and resume from the newest good backup.
+
+    Args:
+        backup_dir: str. Folder for the backups (``<run_dir>/checkpoints/backup``).
+        identity: dict. What must match to resume (resolved model, optimizer
+            and batch settings, a fingerprint of the data).
+        force: bool. Resume even when ``identity`` differs.
+        keep: int. How many epoch checkpoints to keep.
+        history_path: optional str. A ``CSVLogger`` file; rows of epochs the
+            restored checkpoint does not hold are dropped, so each epoch
+            appears once.
+
+    Example:
+
+    >>> backup = ResumableBackup("/tmp/fmkeras-example/backup", {"model": {"depth": 8}})
+    """
+
+    def __init__(self, backup_dir, identity=None, force=False, keep=2, history_path=None):
+        super().__init__()
+        self.backup_dir = backup_dir
+        self.history_path = history_path
+        self.identity = identity or {}
+        self.force = force
+        self.keep = max(1, int(keep))
+        self.restored_epoch = None
+        # Only the epoch hooks act: keep Keras' asynchronous step dispatch.
+        self.async_safe = True
+
+    def _checkpoints(self):
+        found = []
+        for path in glob.glob(os.path.join(self.backup_dir, "epoch-*.weights.h5")):
+            match = _NAME.search(path)
+            if match:
+                found.append((int(match.group(1)), path))
+        return sorted(found, reverse=True)
+
+    def check_identity(self):
+        """Raise ``ConfigError`` if the saved run differs from this one (unless forced)."""
+        state = read_state(self.backup_dir)
+        if state is None or self.force:
+            return
+        changed = differing_keys(state.get("identity", {}), self.identity)
+        if changed:
+            run_dir = os.path.dirname(os.path.dirname(self.backup_dir))
+            raise ConfigError(
+                f"Refusing to resume the run in {run_dir!r}: these settings changed since it "
+                f"was interrupted: {', '.join(changed)}. "
+                "Expected the same model, optimizer, batch size and data; use a new run "
+                "directory, or --force-resume to resume anyway.")
+
+    def on_train_begin(self, logs=None):
+        self.check_identity()
+        checkpoints = self._checkpoints()
+        if not checkpoints:
+            return
+        self._restore(checkpoints)
+        _truncate_history(self.history_path, self.restored_epoch or 0)
+
+    def _restore(self, checkpoints):
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        variables = list(self.model.variables)
+        if self.model.optimizer is not None:
+            variables += list(self.model.optimizer.variables)
+        initial = [v.numpy() for v in variables]
+
+        def reset():  # undo a partial load
+            for variable, value in zip(variables, initial):
+                variable.assign(value)
+
+        for epoch, path in checkpoints:
+            try:
+                self._load(path)
+            except Exception as err:  # noqa: BLE001 - any unreadable file means: try the older one
+                reset()
+                reason = str(err).splitlines()[0] if str(err) else ""
+                warnings.warn(f"Skipping unusable checkpoint {path}: {type(err).__name__}: "
+                              f"{reason}", RuntimeWarning, stacklevel=3)
+                continue
+            self.model._initial_epoch = epoch
+            self.restored_epoch = epoch
+            return
+        reset()
+        warnings.warn(f"No usable checkpoint in {self.backup_dir}; starting from scratch.",
+                      RuntimeWarning, stacklevel=3)
+
+    def _load(self, path):
+        """Load all of a checkpoint, or raise: Keras' mismatch warnings count as failures."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            # A forced resume may change the optimizer: keep what still fits.
+            self.model.load_weights(path, skip_mismatch=self.force)
+        problems = [str(w.message).splitlines()[0] for w in caught
+                    if issubclass(w.category, UserWarning)]
+        if problems and not self.force:
+            raise ValueError(f"checkpoint does not match this model: {problems[0]}")
+        if problems:
+            warnings.warn(f"Forced resume from {path}: some state was not restored "
+                          f"({problems[0]})", RuntimeWarning, stacklevel=4)
+
+    def on_epoch_end(self, epoch, logs=None):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        if logs and any(isinstance(v, float) and not math.isfinite(v) for v in logs.values()):
+            return  # never back up an epoch that ended in NaN
+        completed = epoch + 1
+        final = os.path.join(self.backup_dir, f"epoch-{completed:04d}.weights.h5")
+        tmp = os.path.join(self.backup_dir, f".tmp-epoch-{completed:04d}.weights.h5")
+        self.model.save_weights(tmp, overwrite=True)
+        os.replace(tmp, final)
+        state_tmp = os.path.join(self.backup_dir, f".{STATE_FILE}.tmp")
+        with open(state_tmp, "w", encoding="utf-8") as f:
+            json.dump({"epoch": completed, "identity": self.identity}, f, indent=1,
+                      sort_keys=True)
+        os.replace(state_tmp, os.path.join(self.backup_dir, STATE_FILE))
+        for _, old in self._checkpoints()[self.keep:]:
+            os.remove(old)
+
+    def on_train_end(self, logs=None):
+        # Reached only when fit returns normally: a crash or signal keeps the backup.
+        shutil.rmtree(self.backup_dir, ignore_errors=True)
