@@ -183,3 +183,25 @@ def test_tfds_name_through_image_dataset():
         x, _ = next(iter(train))
         assert x.shape == (4, 8, 8, 1)
         assert next(iter(val))[0].shape[1:] == (8, 8, 1)
+
+
+def test_decompression_bombs_are_refused_from_the_header(tmp_path):
+    import struct
+    import zlib
+
+    from fmkeras.data.image_files import header_problem
+
+    def png(width, height):
+        ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+        chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data  # noqa: E731
+                                    + struct.pack(">I", zlib.crc32(kind + data)))
+        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b""))
+                + chunk(b"IEND", b""))
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png(100_000, 100_000))
+    assert "declares 100000x100000 pixels" in header_problem(str(bomb))
+    jpeg = tmp_path / "big.jpg"
+    Image.new("RGB", (40, 30)).save(jpeg)
+    assert header_problem(str(jpeg)) is None
+    assert "declares 40x30" in header_problem(str(jpeg), max_pixels=1000)

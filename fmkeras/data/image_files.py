@@ -24,8 +24,57 @@ _MAGIC = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", 
 _TRAILERS = {"PNG": b"IEND\xaeB`\x82", "JPEG": b"\xff\xd9"}
 
 
-def header_problem(path):
-    """Why ``path`` is not a complete image, judged from its first and last bytes; or None.
+# Larger images are refused before decoding (a decompression bomb needs gigabytes).
+MAX_PIXELS = 100_000_000
+
+
+def _jpeg_size(data):
+    """(width, height) from a JPEG's first start-of-frame segment, or None."""
+    i = 2
+    while i + 9 < len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE,
+                      0xCF):
+            height = int.from_bytes(data[i + 5:i + 7], "big")
+            width = int.from_bytes(data[i + 7:i + 9], "big")
+            return width, height
+        i += 2 + length
+    return None
+
+
+def declared_size(kind, head):
+    """(width, height) an image header declares, read without decoding; or None.
+
+    Example:
+
+    >>> with open("data/digits/test/0/0000.png", "rb") as f:
+    ...     declared_size("PNG", f.read(64))
+    (8, 8)
+    """
+    if kind == "PNG" and len(head) >= 24:
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    if kind == "GIF" and len(head) >= 10:
+        return int.from_bytes(head[6:8], "little"), int.from_bytes(head[8:10], "little")
+    if kind == "BMP" and len(head) >= 26:
+        width = int.from_bytes(head[18:22], "little", signed=True)
+        height = int.from_bytes(head[22:26], "little", signed=True)
+        return abs(width), abs(height)
+    if kind == "JPEG":
+        return _jpeg_size(head)
+    return None
+
+
+def header_problem(path, max_pixels=MAX_PIXELS):
+    """Why ``path`` is not a usable image, judged from its first and last bytes; or None.
+
+    Checks: readable, not empty, a PNG/JPEG/GIF/BMP signature, an end marker
+    (PNG, JPEG) and a declared size of at most ``max_pixels``.
 
     Example:
 
@@ -34,7 +83,7 @@ def header_problem(path):
     """
     try:
         with open(path, "rb") as f:
-            head = f.read(16)
+            head = f.read(65536)
             f.seek(0, 2)
             size = f.tell()
             f.seek(max(0, size - 64))
@@ -48,6 +97,10 @@ def header_problem(path):
     kind = next((name for magic, name in _MAGIC if head.startswith(magic)), None)
     if kind is None:
         return f"not a PNG, JPEG, GIF or BMP image (starts with {head[:8]!r})"
+    dims = declared_size(kind, head)
+    if dims and dims[0] * dims[1] > max_pixels:
+        return (f"declares {dims[0]}x{dims[1]} pixels, more than the {max_pixels:,} allowed "
+                "(refused before decoding)")
     trailer = _TRAILERS.get(kind)
     if trailer and trailer not in tail:
         return f"truncated {kind} ({size} bytes, no end marker)"
