@@ -73,6 +73,8 @@ def build_parser():
     parser.add_argument("--force-resume", action="store_true",
                         help="resume an interrupted run even if its model, optimizer, batch "
                         "size or data changed")
+    parser.add_argument("--validate-data", action="store_true",
+                        help="dry run: list every data problem the run would skip, then exit")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -118,6 +120,19 @@ def load_task_config(task, config_path=None, overrides=(), run_dir=None, precisi
     return module, config_lib.load_config(config_cls, source, overrides)
 
 
+def _validate_data(task, module, config):
+    from fmkeras.errors import ConfigError
+
+    if not hasattr(module, "validate_data"):
+        raise ConfigError(f"--validate-data is not available for task {task!r}.")
+    problems = module.validate_data(config)
+    for path, reason in problems:
+        print(f"{path}: {reason}")
+    print(f"{len(problems)} problem(s) found in {config.data.path}"
+          + (" (these files would be skipped)" if problems else ""))
+    return 0
+
+
 def main(argv=None):
     """Entry point; returns the process exit code."""
     parser = build_parser()
@@ -130,6 +145,8 @@ def main(argv=None):
         module, config = load_task_config(args.task, args.config, args.overrides,
                                           args.run_dir, args.precision, args.force_resume)
         # The policy must be in force before the task builds any model.
+        if args.validate_data:
+            return _validate_data(args.task, module, config)
         from fmkeras.training.precision import set_precision
         set_precision(config.precision)
         result = module.run(config)

@@ -100,3 +100,14 @@ def test_cli_trains_and_prints_where_the_run_went(capsys, tmp_path):
     assert f"Run directory: {run_dir}" in out
     assert "test_accuracy" in out
     assert (run_dir / "export" / "digits_cnn" / "1" / "saved_model.pb").exists()
+
+
+def test_validate_data_lists_what_the_run_would_skip(capsys, tmp_path):
+    root = write_image_folder(tmp_path / "data", per_class=3)
+    (tmp_path / "data" / "a" / "zero.png").write_bytes(b"")
+    (tmp_path / "data" / "b" / "text.jpg").write_text("hello")
+    code, out, _ = run_main(capsys, "--set", f"data.path={root}", "--validate-data")
+    assert code == 0
+    assert "zero.png: empty file" in out and "text.jpg: not a PNG" in out
+    assert "2 problem(s) found" in out
+    assert not (tmp_path / "runs").exists()

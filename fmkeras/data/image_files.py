@@ -133,11 +133,25 @@ def decode_error(load, path):
     return "cannot be decoded"
 
 
-def read_images(paths, load, cache, validate, max_bad_fraction, bad=()):
-    """Check the files, report the bad ones once; return (good positions, cache array)."""
-    bad = list(bad)
-    total = len(paths) + len(bad)
-    good = []
+def scan_images(paths, load, decode=True, keep=False):
+    """Find unusable files; return ``(good positions, decoded images or None, bad)``.
+
+    ``bad`` is a list of ``(path, reason)``; nothing is raised or warned.
+
+    Args:
+        paths: list of str.
+        load: graph function ``path -> image`` used for the decode check.
+        decode: bool. Decode every file that passes the header check.
+        keep: bool. Return the decoded images too.
+
+    Example:
+
+    >>> good, _, bad = scan_images(["data/digits/test/0/0000.png", "/no/file.png"],
+    ...                            load=None, decode=False)
+    >>> good.tolist(), bad[0][1]
+    ([0], 'file not found')
+    """
+    bad, good = [], []
     # Opening many small files is I/O bound: threads overlap the waits.
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
         problems = list(pool.map(header_problem, paths, chunksize=256))
@@ -147,12 +161,24 @@ def read_images(paths, load, cache, validate, max_bad_fraction, bad=()):
         else:
             good.append(i)
     images = None
-    if validate and good:
+    if decode and good:
         good_paths = [paths[i] for i in good]
-        ok, images = decode_all(good_paths, load, keep=cache)
+        ok, images = decode_all(good_paths, load, keep=keep)
         failed = sorted(set(range(len(good_paths))) - set(ok.tolist()))
         bad.extend((good_paths[i], decode_error(load, good_paths[i])) for i in failed)
         good = [good[i] for i in ok]
+    return np.asarray(good, np.int64), images, bad
+
+
+def read_images(paths, load, cache, validate, max_bad_fraction, bad=()):
+    """Check the files, report the bad ones once; return (good positions, cache array).
+
+    Bad files are skipped with one warning listing each and why; above
+    ``max_bad_fraction`` a :class:`DataError` carries the same list.
+    """
+    good, images, found = scan_images(paths, load, decode=validate, keep=cache)
+    bad = list(bad) + found
+    total = len(paths) + len(bad) - len(found)
     if bad:
         listing = "\n".join(f"  {path}: {why}" for path, why in bad)
         if len(bad) > max_bad_fraction * total:
@@ -162,6 +188,4 @@ def read_images(paths, load, cache, validate, max_bad_fraction, bad=()):
                 f"BMP files. Received:\n{listing}")
         warnings.warn(f"Skipping {len(bad)} of {total} image files that cannot be used:\n"
                       f"{listing}", stacklevel=5)
-    return np.asarray(good, np.int64), images
-
-
+    return good, images

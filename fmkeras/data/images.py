@@ -201,6 +201,17 @@ def check_color_mode(color_mode):
     return COLOR_MODES[color_mode]
 
 
+def load_image(path, channels=3):
+    """Read and decode one image file (graph-compatible), values in ``[0, 255]``.
+
+    Example:
+
+    >>> load_image(tf.constant("data/digits/test/0/0000.png"), channels=1).shape
+    TensorShape([8, 8, 1])
+    """
+    return decode_image(tf.io.read_file(path), channels)
+
+
 def validate_index(index, max_bad_fraction=0.05, decode=True):
     """Drop files that are not usable images, with one warning naming each and why.
 
@@ -223,10 +234,7 @@ def validate_index(index, max_bad_fraction=0.05, decode=True):
     """
     from fmkeras.data.image_files import read_images
 
-    def load(path):
-        return decode_image(tf.io.read_file(path), 1)
-
-    good, _ = read_images(index.paths, load, cache=False, validate=decode,
+    good, _ = read_images(index.paths, load_image, cache=False, validate=decode,
                           max_bad_fraction=max_bad_fraction)
     if len(good) == len(index):
         return index

@@ -320,6 +320,34 @@ def _generator_splits(data, aug, seed):
 PIPELINES = ("tfdata", "image_data_generator")
 
 
+def validate_data(config):
+    """List every problem the run would skip or stop on, without training (``--validate-data``).
+
+    Returns:
+        list of ``(path, reason)``; folders that cannot be used at all raise
+        :class:`DataError` as the run would.
+
+    Example:
+
+    >>> validate_data(ImageClassificationConfig())
+    []
+    """
+    from fmkeras.data.image_files import scan_images
+
+    data = config.data
+    if tfds_images.is_tfds_name(data.path):
+        return []
+    channels = image_data.check_color_mode(data.color_mode)
+    load = functools.partial(image_data.load_image, channels=channels)
+    folders = [os.path.join(data.path, d) for d in ("train", "test")
+               if os.path.isdir(os.path.join(data.path, d))] or [data.path]
+    problems = []
+    for folder in folders:
+        index = image_data.index_directory(folder)
+        problems.extend(scan_images(index.paths, load)[2])
+    return problems
+
+
 def _check_config(config):
     if config.train.epochs < 1:
         raise ConfigError(f"Expected train.epochs >= 1. Received: {config.train.epochs}")
