@@ -386,7 +386,7 @@ def run(config, callbacks=()):
     # Seed first: tf.data shuffles draw on the global seed as well as their own.
     precision_lib.set_seed(config.seed, config.deterministic)
     splits = make_datasets(config)
-    resume = callbacks_lib.prepare_resume(run_dir) is not None
+    resume = callbacks_lib.prepare_resume(run_dir)
     base.prepare_run_dir(run_dir, config, TASK)
     policy = precision_lib.set_precision(config.precision)
 
