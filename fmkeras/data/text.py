@@ -74,8 +74,17 @@ class ReadReport:
             warnings.warn(self.summary(), UserWarning, stacklevel=3)
 
 
-def _truncate(text, max_chars):
-    """Cuts ``text`` to ``max_chars`` code points, never between a letter and its accent."""
+def truncate_text(text, max_chars):
+    """Cut ``text`` to ``max_chars`` code points, never between a letter and its accent.
+
+    Returns ``(text, was_cut)``; never splits a character (it works on code
+    points, not bytes) nor a base letter from its combining marks.
+
+    Example:
+
+    >>> truncate_text("cafe\u0301 noir", 4)
+    ('caf', True)
+    """
     if max_chars is None or len(text) <= max_chars:
         return text, False
     end = max_chars
@@ -246,7 +255,7 @@ def read_parallel_tsv(path, max_chars=None, warn=True):
             continue
         pair = []
         for text in fields[:2]:
-            text, cut = _truncate(text.strip(), max_chars)
+            text, cut = truncate_text(text.strip(), max_chars)
             if cut:
                 report.add("truncated", where, f"cut to {max_chars} characters")
             pair.append(text)
@@ -306,7 +315,7 @@ def _read_labelled_table(path, text_column, label_column, max_chars, report):
             report.add("missing_field", where, f"expected {text_column} and {label_column}; "
                        "line skipped")
             continue
-        text, cut = _truncate(row[columns[0]].strip(), max_chars)
+        text, cut = truncate_text(row[columns[0]].strip(), max_chars)
         if cut:
             report.add("truncated", where, f"cut to {max_chars} characters")
         texts.append(text)
@@ -334,7 +343,7 @@ def _read_text_folder(root, max_chars, report):
             if not text:
                 report.add("empty_line", path, "empty file skipped")
                 continue
-            text, cut = _truncate(text, max_chars)
+            text, cut = truncate_text(text, max_chars)
             if cut:
                 report.add("truncated", path, f"cut to {max_chars} characters")
             texts.append(text)
