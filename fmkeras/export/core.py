@@ -98,9 +98,11 @@ for case in cases:
         data, ends = blob["data"].tobytes(), blob["ends"]
         starts = np.concatenate([[0], ends[:-1]])
         value = tf.constant([data[s:e] for s, e in zip(starts, ends)], tf.string)
+    elif case["kind"] == "arrays":
+        value = {k: tf.constant(blob[k]) for k in blob.files}
     else:
         value = tf.constant(blob["data"])
-    outputs = fn(**{case["input"]: value})
+    outputs = fn(**value) if case["kind"] == "arrays" else fn(**{case["input"]: value})
     results[case["id"]] = {
         k: (np.char.decode(v.numpy().astype(bytes), "utf-8").tolist()
             if v.dtype == tf.string else v.numpy().tolist())
@@ -119,6 +121,9 @@ def check_export(path, cases, timeout=300):
         cases: list of dicts with ``signature`` (name), ``input`` (argument
             name), ``value`` (a NumPy array, or a list of ``bytes`` for
             string inputs) and ``expected`` (dict of output name -> array).
+            A signature with several numeric inputs takes ``inputs`` (dict
+            of argument name -> array or scalar) instead of ``input`` and
+            ``value``.
         timeout: int. Seconds to wait for the checking process.
 
     Raises:
@@ -133,7 +138,10 @@ def check_export(path, cases, timeout=300):
         manifest = []
         for i, case in enumerate(cases):
             file = os.path.join(work, f"case{i}.npz")
-            if isinstance(case["value"], (list, tuple)):
+            if "inputs" in case:  # several named inputs (arrays or scalars)
+                np.savez(file, **{k: np.asarray(v) for k, v in case["inputs"].items()})
+                kind = "arrays"
+            elif isinstance(case["value"], (list, tuple)):
                 data = [bytes(v) for v in case["value"]]
                 np.savez(file, data=np.frombuffer(b"".join(data) or b"\0", np.uint8),
                          ends=np.cumsum([len(v) for v in data]).astype(np.int64))
@@ -142,7 +150,7 @@ def check_export(path, cases, timeout=300):
                 np.savez(file, data=np.asarray(case["value"]))
                 kind = "array"
             manifest.append({"id": str(i), "signature": case["signature"],
-                             "input": case["input"], "file": file, "kind": kind})
+                             "input": case.get("input"), "file": file, "kind": kind})
         inputs_file = os.path.join(work, "cases.json")
         out_file = os.path.join(work, "out.json")
         with open(inputs_file, "w") as f:

@@ -53,7 +53,8 @@ def images_to_grid(images, columns=None, padding=1):
     n, h, w, c = images.shape
     columns = columns or math.ceil(math.sqrt(n))
     rows = math.ceil(n / columns)
-    grid = np.zeros((rows * (h + padding) - padding, columns * (w + padding) - padding, c))
+    # -1 is black once mapped to [0, 255] (zeros would give a grey border).
+    grid = np.full((rows * (h + padding) - padding, columns * (w + padding) - padding, c), -1.0)
     for i, image in enumerate(images):
         r, col = divmod(i, columns)
         grid[
