@@ -27,6 +27,10 @@ TASKS = {
                             "langid_transformer"),
     "image-generation": ("fmkeras.tasks.image_generation", "ImageGenerationConfig",
                          "digits_dcgan"),
+    "fine-tune": ("fmkeras.tasks.fine_tune", "FineTuneConfig", "digits_finetune"),
+    "pretrain-simclr": ("fmkeras.tasks.pretrain_simclr", "PretrainSimCLRConfig",
+                        "digits_simclr"),
+    "pretrain-mlm": ("fmkeras.tasks.pretrain_mlm", "PretrainMLMConfig", "langid_mlm"),
 }
 DEFAULT_TASK = "image-classification"
 EXIT_USER_ERROR = 2

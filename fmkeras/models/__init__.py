@@ -4,11 +4,19 @@ Importing this package registers the custom layers, so ``.keras`` files that
 use them load in safe mode.
 """
 
+from fmkeras.models.backbones import (
+    BACKBONE_NAMES,
+    PixelPreprocessing,
+    backbone,
+    image_classifier,
+)
 from fmkeras.models.cnn import mlp, resnet, simple_cnn
 from fmkeras.models.dcgan import dcgan_discriminator, dcgan_generator
 from fmkeras.models.decoding import beam_search, greedy_search
 from fmkeras.models.gan import GAN
+from fmkeras.models.mlm import mask_tokens, mlm_model
 from fmkeras.models.recurrent import gru_classifier, lstm_classifier
+from fmkeras.models.simclr import SimCLR, nt_xent_loss
 from fmkeras.models.transformer import (
     ClassToken,
     FirstToken,
@@ -20,6 +28,8 @@ from fmkeras.models.transformer import (
 )
 
 __all__ = [
+    "BACKBONE_NAMES", "PixelPreprocessing", "SimCLR", "backbone", "image_classifier",
+    "mask_tokens", "mlm_model", "nt_xent_loss",
     "GAN", "ClassToken", "FirstToken", "PositionalEmbedding", "TransformerDecoderBlock",
     "TransformerEncoderBlock", "beam_search", "dcgan_discriminator", "dcgan_generator",
     "greedy_search", "gru_classifier", "lstm_classifier", "mlp", "resnet", "simple_cnn",

@@ -1,0 +1,306 @@
+"""Fine-tuning: a pretrained backbone -> trained head -> fine-tuned top layers -> export.
+
+``run(config)`` reads images as :mod:`fmkeras.tasks.image_classification`
+does (``[0, 255]`` pixels: the backbone carries its own preprocessing),
+builds ``model.backbone`` (``keras.applications``, weights ``imagenet``, none
+or a local file) or loads a saved encoder (``model.encoder_path``, e.g. from
+``pretrain-simclr``), and trains in two phases in one run:
+
+1. the head only, the backbone frozen (``trainable = False``; it is always
+   called with ``training=False``, so batch norm stays in inference mode);
+2. the top ``train.unfreeze_layers`` weighted layers of the backbone (0: all)
+   at the lower ``train.learning_rate``, after recompiling.
+
+Each phase writes ``history_phase<N>.csv``; ``metrics.json`` holds
+``phase1_test_accuracy``, ``test_accuracy`` (after phase 2) and the trainable
+parameter counts. The result exports like any image classifier. A run is not
+resumable: rerunning it starts again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from fmkeras import export as export_lib
+from fmkeras.data import images as image_data
+from fmkeras.errors import ConfigError
+from fmkeras.evaluation import classification as cls_eval
+from fmkeras.models import backbones
+from fmkeras.tasks import base
+from fmkeras.tasks.image_classification import ExportConfig, ImageDataConfig, make_datasets
+from fmkeras.training import callbacks as callbacks_lib
+from fmkeras.training import optimizers
+from fmkeras.training import precision as precision_lib
+
+TASK = "fine-tune"
+
+
+@dataclasses.dataclass
+class FineTuneDataConfig(ImageDataConfig):
+    """:class:`ImageDataConfig` with backbone defaults: 32x32 RGB ``[0, 255]`` pixels."""
+
+    image_size: int = 32
+    color_mode: str = "rgb"
+    rescale: float = 1.0
+
+
+@dataclasses.dataclass
+class FineTuneModelConfig:
+    """The backbone and the head.
+
+    ``weights`` is ``imagenet`` (downloaded by Keras; needs the network),
+    null (random) or a local weights file. ``encoder_path`` (a ``.keras``
+    encoder, e.g. ``<simclr run>/encoder.keras``) replaces the
+    ``keras.applications`` backbone. ``alpha`` is MobileNet's width.
+    """
+
+    backbone: str = "mobilenet_v2"
+    weights: str | None = None
+    alpha: float | None = None
+    encoder_path: str | None = None
+    dropout: float = 0.2
+    pooling: str = "avg"
+
+
+@dataclasses.dataclass
+class FineTuneTrainConfig:
+    """The two phases: head only, then the unfrozen top of the backbone.
+
+    ``unfreeze_layers`` counts layers with weights from the top (0: the
+    whole backbone); ``epochs: 0`` skips phase 2. Batch-norm layers stay
+    frozen unless ``train_batchnorm``.
+    """
+
+    head_epochs: int = 3
+    head_learning_rate: float = 1e-3
+    epochs: int = 3
+    learning_rate: float = 1e-4
+    unfreeze_layers: int = 0
+    train_batchnorm: bool = False
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+    verbose: int | str = "auto"
+
+
+@dataclasses.dataclass
+class FineTuneConfig:
+    """The full config of the fine-tune task.
+
+    Example:
+
+    >>> config = FineTuneConfig()
+    >>> config.model.backbone, config.data.rescale
+    ('mobilenet_v2', 1.0)
+    """
+
+    data: FineTuneDataConfig = dataclasses.field(default_factory=FineTuneDataConfig)
+    model: FineTuneModelConfig = dataclasses.field(default_factory=FineTuneModelConfig)
+    train: FineTuneTrainConfig = dataclasses.field(default_factory=FineTuneTrainConfig)
+    export: ExportConfig = dataclasses.field(
+        default_factory=lambda: ExportConfig(name="fine_tuned_classifier"))
+    precision: str = "auto"
+    jit_compile: bool | str = "auto"
+    seed: int = 42
+    deterministic: bool = False
+    run_dir: str | None = None
+    force_resume: bool = False
+
+
+def build_backbone(model_config, input_shape):
+    """The configured backbone: a saved encoder or a ``keras.applications`` network.
+
+    Example:
+
+    >>> build_backbone(FineTuneModelConfig(alpha=0.35), (32, 32, 3)).name
+    'mobilenet_v2'
+    """
+    if model_config.encoder_path:
+        path = model_config.encoder_path
+        if not os.path.isfile(path):
+            raise ConfigError(f"Encoder not found. Expected a .keras file. "
+                              f"Received: model.encoder_path={path!r}")
+        encoder = keras.saving.load_model(path, compile=False)
+        if tuple(encoder.input_shape[1:]) != tuple(input_shape):
+            raise ConfigError(
+                f"Encoder input shape does not match the data. Expected {tuple(input_shape)} "
+                f"(data.image_size, data.color_mode). Received: {tuple(encoder.input_shape[1:])}"
+                f" from {path!r}")
+        return encoder
+    kwargs = {"alpha": model_config.alpha} if model_config.alpha is not None else {}
+    return backbones.backbone(model_config.backbone, input_shape, model_config.weights, **kwargs)
+
+
+def unfreeze_top(backbone_model, layers=0, train_batchnorm=False):
+    """Make the top ``layers`` weighted layers of a backbone trainable (0: all).
+
+    Args:
+        backbone_model: ``keras.Model``.
+        layers: int. How many layers with weights, counted from the output.
+        train_batchnorm: bool. Also train batch-norm scales and offsets
+            (their moving statistics never update: the backbone runs in
+            inference mode).
+
+    Returns:
+        list of the layers left trainable.
+
+    Example:
+
+    >>> model = backbones.backbone("mobilenet_v2", (32, 32, 3), alpha=0.35)
+    >>> [layer.name for layer in unfreeze_top(model, 4)]  # batch norms stay frozen
+    ['block_16_project', 'Conv_1']
+    """
+    if layers < 0:
+        raise ConfigError(f"Expected train.unfreeze_layers >= 0. Received: {layers}")
+    backbone_model.trainable = True
+    weighted = [layer for layer in backbone_model.layers if layer.weights]
+    keep_frozen = weighted[:-layers] if layers else []
+    for layer in keep_frozen:
+        layer.trainable = False
+    if not train_batchnorm:
+        for layer in weighted:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
+    return [layer for layer in weighted if layer.trainable]
+
+
+def trainable_count(model):
+    """Number of trainable parameters.
+
+    Example:
+
+    >>> trainable_count(keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)]))
+    9
+    """
+    return int(sum(np.prod(w.shape) for w in model.trainable_weights))
+
+
+def _check_config(config):
+    train, data = config.train, config.data
+    if train.head_epochs < 1:
+        raise ConfigError(f"Expected train.head_epochs >= 1. Received: {train.head_epochs}")
+    if train.epochs < 0:
+        raise ConfigError(f"Expected train.epochs >= 0. Received: {train.epochs}")
+    if data.rescale != 1.0:
+        raise ConfigError("Expected data.rescale=1.0: backbones take [0, 255] pixels and "
+                          f"preprocess them themselves. Received: {data.rescale}")
+    if data.augment.in_model:
+        raise ConfigError("Expected data.augment.in_model=false for fine-tune. Received: true")
+    if data.pipeline != "tfdata":
+        raise ConfigError(f"Expected data.pipeline='tfdata'. Received: {data.pipeline!r}")
+    if config.jit_compile not in (True, False, "auto"):
+        raise ConfigError(
+            f"Expected jit_compile true, false or 'auto'. Received: {config.jit_compile!r}")
+
+
+def _fit_phase(model, config, splits, run_dir, phase, learning_rate, epochs, initial_epoch,
+               callbacks):
+    """Compile (the trainable set changed) and fit one phase, logging history_phase<N>.csv."""
+    train = config.train
+    model.compile(
+        optimizer=optimizers.build_optimizer(train.optimizer, learning_rate, train.weight_decay),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing),
+        metrics=["accuracy"], jit_compile=config.jit_compile)
+    history_path = os.path.join(run_dir, f"history_phase{phase}.csv")
+    fit_callbacks = [
+        callbacks_lib.NaNGuard(),
+        keras.callbacks.CSVLogger(history_path),
+        keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard", f"phase{phase}"),
+                                    write_graph=False),
+        callbacks_lib.EpochSeeds(config.seed), *splits.callbacks, *callbacks]
+    try:
+        model.fit(splits.train, validation_data=splits.validation,
+                  epochs=initial_epoch + epochs, initial_epoch=initial_epoch,
+                  callbacks=fit_callbacks, verbose=train.verbose, shuffle=False)
+    finally:
+        callbacks_lib.close_files(fit_callbacks)
+    return cls_eval.read_history(history_path)
+
+
+def run(config, callbacks=()):
+    """Train a head on a frozen backbone, fine-tune its top, evaluate and export.
+
+    Args:
+        config: :class:`FineTuneConfig`.
+        callbacks: iterable of extra ``keras.callbacks.Callback`` for both
+            phases' ``fit``.
+
+    Returns:
+        :class:`fmkeras.tasks.base.RunResult`.
+
+    Example:
+
+    >>> config = FineTuneConfig()
+    >>> config.train.head_epochs, config.train.epochs = 1, 1
+    >>> result = run(config)  # doctest: +SKIP
+    >>> result.metrics["phase1_test_accuracy"], result.metrics["test_accuracy"]  # doctest: +SKIP
+    """
+    _check_config(config)
+    run_dir = config.run_dir or base.default_run_dir(TASK)
+    precision_lib.set_seed(config.seed, config.deterministic)
+    splits = make_datasets(config)
+    base.prepare_run_dir(run_dir, config, TASK)
+    policy = precision_lib.set_precision(config.precision)
+
+    data, train = config.data, config.train
+    size = (data.image_size, data.image_size)
+    channels = image_data.check_color_mode(data.color_mode)
+    class_names = splits.class_names
+    features = build_backbone(config.model, (*size, channels))
+    model = backbones.image_classifier(features, len(class_names), config.model.dropout,
+                                       config.model.pooling)
+
+    features.trainable = False
+    params_phase1 = trainable_count(model)
+    _fit_phase(model, config, splits, run_dir, 1, train.head_learning_rate, train.head_epochs,
+               0, callbacks)
+    phase1_loss, phase1_accuracy = model.evaluate(splits.test, verbose=0)
+
+    params_phase2 = params_phase1
+    if train.epochs:
+        unfreeze_top(features, train.unfreeze_layers, train.train_batchnorm)
+        params_phase2 = trainable_count(model)
+        _fit_phase(model, config, splits, run_dir, 2, train.learning_rate, train.epochs,
+                   train.head_epochs, callbacks)
+
+    test_loss, _ = model.evaluate(splits.test, verbose=0)
+    images, labels = zip(*((x.numpy(), y.numpy()) for x, y in splits.test))
+    probabilities = model.predict(np.concatenate(images), verbose=0)
+    scores = cls_eval.classification_metrics(np.concatenate(labels).argmax(-1), probabilities,
+                                             class_names)
+    metrics = {"phase1_test_accuracy": float(phase1_accuracy),
+               "phase1_test_loss": float(phase1_loss),
+               "test_accuracy": scores["accuracy"], "test_loss": float(test_loss),
+               "macro_f1": scores["macro_f1"], "precision_policy": policy,
+               "backbone": features.name, "num_parameters": int(model.count_params()),
+               "trainable_params_phase1": params_phase1,
+               "trainable_params_phase2": params_phase2,
+               "train_samples": splits.train_samples, "test_samples": splits.test_samples}
+
+    plots = ["plots/confusion_matrix.png"]
+    cls_eval.plot_confusion_matrix(scores["confusion_matrix"], class_names,
+                                   os.path.join(run_dir, plots[0]))
+    for phase in (1, 2):
+        history = os.path.join(run_dir, f"history_phase{phase}.csv")
+        if os.path.exists(history):
+            plots.append(f"plots/training_curves_phase{phase}.png")
+            cls_eval.plot_training_curves(cls_eval.read_history(history),
+                                          os.path.join(run_dir, plots[-1]))
+
+    export_path = None
+    if config.export.enabled:
+        pixels = np.clip(np.round(images[0][:3]), 0, 255).astype(np.uint8)
+        samples = [tf.io.encode_png(p).numpy() for p in pixels]
+        export_path = export_lib.export_image_classifier(
+            model, os.path.join(run_dir, "export"), config.export.name, class_names, size,
+            channels, rescale=1.0, sample_bytes=samples, check=config.export.check)
+        metrics["export_path"] = export_path
+    base.write_json(os.path.join(run_dir, "metrics.json"), metrics)
+    base.write_report(run_dir, "Fine-tuning", metrics, scores["per_class"], plots)
+    return base.RunResult(run_dir=run_dir, metrics=metrics, model=model,
+                          export_path=export_path)

@@ -1,0 +1,204 @@
+"""Masked-language-model pretraining: unlabelled texts -> Transformer encoder + vocabulary.
+
+``run(config)`` reads the texts of ``data.path`` (a TSV/CSV with a
+``data.text_column``, or a ``.txt`` file, one text a line), learns a
+vocabulary (plus a ``[mask]`` token), and trains
+:func:`fmkeras.models.mlm.mlm_model` to restore masked tokens. The run
+directory gets ``mlm.keras`` (the whole model), ``vocabulary.txt`` and
+``metrics.json`` (``masked_accuracy`` on held-out texts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import keras
+import tensorflow as tf
+
+from fmkeras.data import text as text_data
+from fmkeras.errors import ConfigError, DataError
+from fmkeras.evaluation import classification as cls_eval
+from fmkeras.models.mlm import mask_tokens, mlm_model
+from fmkeras.tasks import base
+from fmkeras.training import callbacks as callbacks_lib
+from fmkeras.training import optimizers
+from fmkeras.training import precision as precision_lib
+
+TASK = "pretrain-mlm"
+MASK_TOKEN = "[mask]"
+
+
+@dataclasses.dataclass
+class MLMDataConfig:
+    """Where the texts are and how they become token ids."""
+
+    path: str = "data/langid/langid.tsv"
+    text_column: str = "text"
+    sequence_length: int = 32
+    max_tokens: int = 5000
+    batch_size: int = 64
+    validation_split: float = 0.1
+    mask_rate: float = 0.15
+
+
+@dataclasses.dataclass
+class MLMModelConfig:
+    """Encoder size (the names match ``transformer_classifier``'s)."""
+
+    d_model: int = 64
+    num_heads: int = 4
+    ff_dim: int = 128
+    num_layers: int = 2
+    dropout: float = 0.1
+
+
+@dataclasses.dataclass
+class MLMTrainConfig:
+    """Optimisation settings."""
+
+    epochs: int = 5
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    verbose: int | str = "auto"
+
+
+@dataclasses.dataclass
+class PretrainMLMConfig:
+    """The full config of the pretrain-mlm task.
+
+    Example:
+
+    >>> PretrainMLMConfig().data.mask_rate
+    0.15
+    """
+
+    data: MLMDataConfig = dataclasses.field(default_factory=MLMDataConfig)
+    model: MLMModelConfig = dataclasses.field(default_factory=MLMModelConfig)
+    train: MLMTrainConfig = dataclasses.field(default_factory=MLMTrainConfig)
+    precision: str = "auto"
+    jit_compile: bool | str = "auto"
+    seed: int = 42
+    deterministic: bool = False
+    run_dir: str | None = None
+    force_resume: bool = False
+
+
+def read_texts(data_config):
+    """The texts of ``data.path``: a ``.txt`` file (one a line) or a TSV/CSV column.
+
+    Example:
+
+    >>> len(read_texts(MLMDataConfig())) > 100
+    True
+    """
+    path = data_config.path
+    if not os.path.isfile(path):
+        raise DataError(f"Text file not found. Expected a .txt, .tsv or .csv file. "
+                        f"Received: data.path={path!r}")
+    if path.endswith(".txt"):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            texts = [line.strip() for line in f if line.strip()]
+    else:
+        import csv
+
+        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+            reader = csv.DictReader(f, delimiter="," if path.endswith(".csv") else "\t")
+            if data_config.text_column not in (reader.fieldnames or []):
+                raise DataError(f"Expected a {data_config.text_column!r} column in {path!r}. "
+                                f"Received columns: {reader.fieldnames}")
+            texts = [row[data_config.text_column] for row in reader
+                     if row.get(data_config.text_column)]
+    if len(texts) < 2:
+        raise DataError(f"Expected at least 2 texts in {path!r}. Received: {len(texts)}")
+    return texts
+
+
+def _dataset(ids, config, mask_id, vocab_size, shuffle, seed_offset):
+    data = config.data
+    ds = tf.data.Dataset.from_tensor_slices(ids)
+    if shuffle:
+        ds = ds.shuffle(len(ids), seed=config.seed, reshuffle_each_iteration=True)
+    ds = ds.batch(data.batch_size).enumerate()
+
+    def corrupt(step, batch):
+        seed = tf.stack([tf.cast(config.seed + seed_offset, tf.int64), step])
+        return mask_tokens(batch, mask_id, vocab_size, data.mask_rate, seed)
+
+    return ds.map(corrupt, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def run(config, callbacks=()):
+    """Pretrain a Transformer encoder by masked-token prediction.
+
+    Args:
+        config: :class:`PretrainMLMConfig`.
+        callbacks: iterable of extra ``keras.callbacks.Callback`` for ``fit``.
+
+    Returns:
+        :class:`fmkeras.tasks.base.RunResult`; ``metrics["model_path"]`` is
+        the saved ``mlm.keras``.
+
+    Example:
+
+    >>> config = PretrainMLMConfig()
+    >>> config.train.epochs = 1
+    >>> result = run(config)  # doctest: +SKIP
+    """
+    data, train = config.data, config.train
+    if train.epochs < 1:
+        raise ConfigError(f"Expected train.epochs >= 1. Received: {train.epochs}")
+    if not 0.0 < data.mask_rate <= 1.0:
+        raise ConfigError(f"Expected 0 < data.mask_rate <= 1. Received: {data.mask_rate}")
+    run_dir = config.run_dir or base.default_run_dir(TASK)
+    precision_lib.set_seed(config.seed, config.deterministic)
+    texts = read_texts(data)
+    split = text_data.split_indices(len(texts), data.validation_split, 0.0, config.seed)
+    train_texts = [texts[i] for i in split["train"]]
+    val_texts = [texts[i] for i in split["validation"]] or train_texts[:data.batch_size]
+    base.prepare_run_dir(run_dir, config, TASK)
+    policy = precision_lib.set_precision(config.precision)
+
+    learned = text_data.text_vectorizer(data.sequence_length, max(3, data.max_tokens - 1),
+                                        texts=train_texts)
+    vocabulary = [*learned.get_vocabulary(), MASK_TOKEN]
+    vectorizer = text_data.text_vectorizer(data.sequence_length, vocabulary=vocabulary)
+    mask_id, vocab_size = len(vocabulary) - 1, len(vocabulary)
+    to_ids = lambda items: vectorizer(tf.constant(items)).numpy()  # noqa: E731
+    train_ds = _dataset(to_ids(train_texts), config, mask_id, vocab_size, True, 0)
+    val_ds = _dataset(to_ids(val_texts), config, mask_id, vocab_size, False, 1)
+
+    m = config.model
+    model = mlm_model(vocab_size, data.sequence_length, m.d_model, m.num_heads, m.ff_dim,
+                      m.num_layers, m.dropout)
+    model.compile(optimizer=optimizers.build_optimizer(train.optimizer, train.learning_rate,
+                                                       train.weight_decay),
+                  loss="sparse_categorical_crossentropy",
+                  weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(
+                      name="masked_accuracy")], jit_compile=config.jit_compile)
+    history_path = os.path.join(run_dir, "history.csv")
+    fit_callbacks = [callbacks_lib.NaNGuard(), keras.callbacks.CSVLogger(history_path),
+                     keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"),
+                                                 write_graph=False), *callbacks]
+    try:
+        model.fit(train_ds, validation_data=val_ds, epochs=train.epochs,
+                  callbacks=fit_callbacks, verbose=train.verbose, shuffle=False)
+    finally:
+        callbacks_lib.close_files(fit_callbacks)
+
+    val_loss, val_accuracy = model.evaluate(val_ds, verbose=0)
+    model_path = os.path.join(run_dir, "mlm.keras")
+    model.save(model_path)
+    text_data.save_vocabulary(vocabulary, os.path.join(run_dir, "vocabulary.txt"))
+    history = cls_eval.read_history(history_path)
+    cls_eval.plot_training_curves(history, os.path.join(run_dir, "plots", "training_curves.png"))
+    metrics = {"first_loss": history["loss"][0], "final_loss": history["loss"][-1],
+               "val_loss": float(val_loss), "masked_accuracy": float(val_accuracy),
+               "vocab_size": vocab_size, "mask_id": mask_id, "precision_policy": policy,
+               "num_parameters": int(model.count_params()), "train_texts": len(train_texts),
+               "model_path": model_path}
+    base.write_json(os.path.join(run_dir, "metrics.json"), metrics)
+    base.write_report(run_dir, "Masked-language-model pretraining", metrics, None,
+                      ["plots/training_curves.png"])
+    return base.RunResult(run_dir=run_dir, metrics=metrics, model=model)

@@ -1,0 +1,93 @@
+"""SimCLR: the NT-Xent loss, learning, serialization, and the pretrain -> fine-tune chain."""
+
+import json
+import os
+import pathlib
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import write_image_folder
+
+from fmkeras import config as config_lib
+from fmkeras import train as cli
+from fmkeras.errors import ConfigError
+from fmkeras.models.simclr import SimCLR, nt_xent_loss
+from fmkeras.tasks import fine_tune
+from fmkeras.tasks import pretrain_simclr as task
+
+
+def tiny_encoder():
+    return keras.Sequential([
+        keras.Input((16, 16, 3)), keras.layers.Rescaling(1 / 255.0),
+        keras.layers.Conv2D(16, 3, activation="relu", name="conv"),
+    ], name="tiny_encoder")
+
+
+def test_nt_xent_rewards_matching_views():
+    rng = np.random.default_rng(0)
+    z = tf.constant(rng.normal(size=(8, 16)), tf.float32)
+    matched = float(nt_xent_loss(z, z, temperature=0.1))
+    shuffled = float(nt_xent_loss(z, tf.roll(z, 1, axis=0), temperature=0.1))
+    assert matched < shuffled
+    uniform = float(nt_xent_loss(tf.ones((4, 3)), tf.ones((4, 3)), temperature=1.0))
+    np.testing.assert_allclose(uniform, np.log(7), rtol=1e-5)  # 2N-1 equally likely views
+
+
+def test_a_few_steps_lower_the_loss():
+    keras.utils.set_random_seed(0)
+    model = SimCLR(tiny_encoder(), projection_dim=8, hidden_dim=16, seed=3)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=False)
+    # Flat colours: what identifies an image survives the crops, shifts and brightness.
+    colors = np.random.default_rng(0).uniform(30, 220, (16, 1, 1, 3))
+    images = np.broadcast_to(colors, (16, 16, 16, 3)).astype("float32")
+    losses = model.fit(images, batch_size=8, epochs=8, verbose=0, shuffle=False).history["loss"]
+    assert np.mean(losses[-2:]) < 0.7 * losses[0]
+
+
+def test_round_trips_through_a_keras_file(tmp_path):
+    model = SimCLR(tiny_encoder(), projection_dim=8, hidden_dim=16, temperature=0.5, seed=1)
+    images = np.random.default_rng(1).uniform(0, 255, (2, 16, 16, 3)).astype("float32")
+    expected = model.predict(images, verbose=0)
+    path = str(tmp_path / "simclr.keras")
+    model.save(path)
+    reloaded = keras.saving.load_model(path)
+    assert isinstance(reloaded, SimCLR) and reloaded.temperature == 0.5
+    assert reloaded.augmentation == model.augmentation
+    np.testing.assert_allclose(reloaded.predict(images, verbose=0), expected, atol=1e-6)
+
+
+def test_rejects_bad_temperature():
+    with pytest.raises(ValueError, match="Received: temperature=0"):
+        SimCLR(tiny_encoder(), temperature=0)
+
+
+def test_pretrain_then_fine_tune_from_the_encoder(tmp_path):
+    data = write_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=8, size=(32, 32))
+    run_dir = str(tmp_path / "simclr")
+    config = config_lib.load_config(task.PretrainSimCLRConfig, "digits_simclr", [
+        f"data.path={data}", f"run_dir={run_dir}", "data.batch_size=4", "train.epochs=1",
+        "model.projection_dim=8", "model.hidden_dim=16", "train.verbose=0"])
+    result = task.run(config)
+    metrics = json.loads(pathlib.Path(run_dir, "metrics.json").read_text())
+    assert np.isfinite(metrics["final_loss"])
+    encoder_path = os.path.join(run_dir, "encoder.keras")
+    assert metrics["encoder_path"] == encoder_path and os.path.exists(encoder_path)
+    assert os.path.exists(os.path.join(run_dir, "history.csv"))
+
+    tuned = fine_tune.run(config_lib.load_config(fine_tune.FineTuneConfig, "digits_finetune", [
+        f"data.path={data}", f"run_dir={tmp_path / 'tuned'}", "data.batch_size=4",
+        f"model.encoder_path={encoder_path}", "train.head_epochs=1", "train.epochs=0",
+        "export.enabled=false", "train.verbose=0"]))
+    trained = result.model.encoder.get_layer("Conv_1").get_weights()[0]
+    loaded = tuned.model.get_layer("mobilenet_v2").get_layer("Conv_1").get_weights()[0]
+    np.testing.assert_array_equal(loaded, trained)
+
+
+def test_config_errors_and_cli_entry(tmp_path):
+    config = config_lib.load_config(task.PretrainSimCLRConfig, None, ["model.temperature=0"])
+    with pytest.raises(ConfigError, match="Expected model.temperature > 0"):
+        task.run(config)
+    module, config = cli.load_task_config("pretrain-simclr")
+    assert module is task and config.model.views.zoom_range == [0.6, 1.0]
