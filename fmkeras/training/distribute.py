@@ -1,0 +1,453 @@
+"""Distribution strategies: choose one by name, and the rules that go with it.
+
+fmkeras never writes its own distribution layer: this module picks a
+``tf.distribute`` strategy from a config value and answers the questions a
+task has once it runs under one (how large is the global batch, am I the
+chief, where may I write, how is the input sharded, is XLA worth it).
+
+Typical use, before any model is built::
+
+    strategy = make_strategy(config.strategy)          # "auto" by default
+    batch = global_batch_size(config.data.batch_size, strategy)
+    run_dir = worker_dir(config.run_dir, strategy)     # temp dir unless chief
+    train = distribute_dataset(train, strategy, file_based=True, num_files=n)
+    with strategy.scope():
+        model = build_model(...)
+        model.compile(...)
+    prepare_model(model, strategy)
+    with worker_failure_guard():
+        model.fit(train, ...)
+
+A multi-worker run reads the standard ``TF_CONFIG`` environment variable::
+
+    TF_CONFIG='{"cluster": {"worker": ["host0:12345", "host1:12345"]},
+                "task": {"type": "worker", "index": 0}}'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+
+import tensorflow as tf
+
+from fmkeras.errors import ConfigError, FmkerasError
+
+STRATEGIES = ("auto", "none", "mirrored", "multi_worker", "tpu")
+
+# Seconds a collective may wait for a peer before the run fails instead of hanging.
+DEFAULT_COLLECTIVE_TIMEOUT = 60.0
+
+
+class WorkerLostError(FmkerasError):
+    """Another worker of a multi-worker run stopped answering."""
+
+
+def tf_config():
+    """The parsed ``TF_CONFIG`` environment variable, ``{}`` when unset.
+
+    Example:
+
+    >>> os.environ.pop("TF_CONFIG", None) and None
+    >>> tf_config()
+    {}
+    """
+    raw = os.environ.get("TF_CONFIG", "")
+    if not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise ConfigError(
+            "TF_CONFIG is not valid JSON. Expected e.g. "
+            '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", '
+            f'"index": 0}}. Received: TF_CONFIG={raw!r} ({err})') from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"Expected TF_CONFIG to be a JSON object. Received: {raw!r}")
+    return value
+
+
+def _num_workers():
+    """Hosts taking part in training according to ``TF_CONFIG`` (chief + workers)."""
+    cluster = tf_config().get("cluster", {})
+    return max(1, len(cluster.get("chief", [])) + len(cluster.get("worker", [])))
+
+
+def make_strategy(name="auto", collective_timeout=DEFAULT_COLLECTIVE_TIMEOUT):
+    """Create the ``tf.distribute.Strategy`` named by a config value.
+
+    Call this first, before anything creates tensors or lists devices:
+    ``multi_worker`` in particular must start its collective runtime before
+    TensorFlow initialises.
+
+    - ``auto``: ``multi_worker`` when ``TF_CONFIG`` names more than one
+      host, ``MirroredStrategy`` when more than one GPU is visible, else the
+      default (single-device) strategy.
+    - ``none``: the default strategy, whatever the hardware.
+    - ``mirrored``: ``MirroredStrategy`` over all local GPUs (or the CPU).
+    - ``multi_worker``: ``MultiWorkerMirroredStrategy`` configured from
+      ``TF_CONFIG``; collectives give up after ``collective_timeout`` seconds
+      so a lost peer fails the run instead of hanging it.
+    - ``tpu``: ``TPUStrategy`` on the TPU found by ``TPUClusterResolver``.
+
+    Args:
+        name: str. One of ``auto``, ``none``, ``mirrored``, ``multi_worker``, ``tpu``.
+        collective_timeout: float or None. Seconds before a multi-worker
+            collective fails (``None``: wait forever).
+
+    Returns:
+        tf.distribute.Strategy.
+
+    Example:
+
+    >>> make_strategy("none").num_replicas_in_sync
+    1
+    """
+    if name not in STRATEGIES:
+        raise ConfigError(f"Unknown strategy. Expected one of {list(STRATEGIES)}. "
+                          f"Received: strategy={name!r}")
+    if name == "auto":
+        if _num_workers() > 1:
+            name = "multi_worker"
+        elif len(tf.config.list_physical_devices("GPU")) > 1:
+            name = "mirrored"
+        else:
+            return tf.distribute.get_strategy()
+    if name == "none":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        return _multi_worker_strategy(collective_timeout)
+    return _tpu_strategy()
+
+
+def _multi_worker_strategy(collective_timeout):
+    config = tf_config()
+    if "cluster" not in config or "task" not in config:
+        raise ConfigError(
+            "strategy=multi_worker needs TF_CONFIG with 'cluster' and 'task'. Expected e.g. "
+            '{"cluster": {"worker": ["host0:port", "host1:port"]}, '
+            f'"task": {{"type": "worker", "index": 0}}}}. Received: TF_CONFIG={config!r}')
+    options = tf.distribute.experimental.CommunicationOptions(
+        timeout_seconds=collective_timeout)
+    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+
+
+def _tpu_strategy():
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, tf.errors.OpError, RuntimeError) as err:
+        raise ConfigError(
+            "strategy=tpu found no TPU. Expected a TPU VM or TPU_NAME pointing at one; "
+            f"use strategy=auto elsewhere. Received: {type(err).__name__}: {err}") from None
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def global_batch_size(per_replica, strategy=None):
+    """The batch one optimizer step sees: ``per_replica`` times the replicas.
+
+    Keras divides the summed loss by this global batch, so a run on N
+    replicas with per-replica batch ``b`` takes the same steps as one device
+    with batch ``N * b``.
+
+    Args:
+        per_replica: int. Examples per replica per step.
+        strategy: tf.distribute.Strategy or None (the current strategy).
+
+    Returns:
+        int.
+
+    Example:
+
+    >>> global_batch_size(32, tf.distribute.get_strategy())
+    32
+    """
+    if isinstance(per_replica, bool) or not isinstance(per_replica, int) or per_replica < 1:
+        raise ConfigError(
+            f"Expected a positive integer batch size per replica. Received: {per_replica!r}")
+    strategy = strategy or tf.distribute.get_strategy()
+    return per_replica * strategy.num_replicas_in_sync
+
+
+def task_identity(strategy=None):
+    """``(task_type, task_index)`` of this process, ``(None, None)`` outside a cluster.
+
+    Read from the strategy's cluster resolver when it has one, else from
+    ``TF_CONFIG``.
+
+    Example:
+
+    >>> os.environ.pop("TF_CONFIG", None) and None
+    >>> task_identity()
+    (None, None)
+    """
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is not None and getattr(resolver, "task_type", None):
+        return resolver.task_type, resolver.task_id
+    task = tf_config().get("task", {})
+    if not task:
+        return None, None
+    return task.get("type"), int(task.get("index", 0))
+
+
+def is_chief(strategy=None):
+    """Whether this process writes the run's files (checkpoints, reports, exports).
+
+    The chief is the ``chief`` task, or worker 0 when the cluster has no
+    chief; a single-process run is always the chief.
+
+    Args:
+        strategy: tf.distribute.Strategy or None.
+
+    Example:
+
+    >>> os.environ.pop("TF_CONFIG", None) and None
+    >>> is_chief()
+    True
+    """
+    task_type, index = task_identity(strategy)
+    if task_type is None:
+        return True
+    if task_type == "chief":
+        return True
+    has_chief = bool(tf_config().get("cluster", {}).get("chief"))
+    return task_type == "worker" and index == 0 and not has_chief
+
+
+def worker_dir(run_dir, strategy=None):
+    """Where this process may write: ``run_dir`` on the chief, a temp folder elsewhere.
+
+    Every worker of a multi-worker run must execute the same saving code
+    (saving is collective), but only the chief's files are kept.
+
+    Args:
+        run_dir: str. The run directory.
+        strategy: tf.distribute.Strategy or None.
+
+    Returns:
+        str. An existing folder.
+
+    Example:
+
+    >>> os.environ.pop("TF_CONFIG", None) and None
+    >>> worker_dir("runs/a") == "runs/a"
+    True
+    """
+    if is_chief(strategy):
+        return run_dir
+    task_type, index = task_identity(strategy)
+    return tempfile.mkdtemp(prefix=f"fmkeras-{task_type}{index}-")
+
+
+def distribute_dataset(dataset, strategy=None, file_based=True, num_files=None):
+    """Set how ``dataset`` is sharded across workers (``auto_shard_policy``).
+
+    ``FILE`` sharding (each worker reads its own files) is used for
+    file-based pipelines when there are at least as many files as workers;
+    otherwise ``DATA`` (every worker reads everything and keeps its share).
+    The dataset is returned with the option set; ``model.fit`` distributes
+    it under the strategy's scope.
+
+    Args:
+        dataset: tf.data.Dataset. Batched with the GLOBAL batch size.
+        strategy: tf.distribute.Strategy or None. Used for its name only.
+        file_based: bool. Whether the pipeline starts from a list of files.
+        num_files: int or None. How many files; None trusts ``file_based``.
+
+    Returns:
+        tf.data.Dataset.
+
+    Example:
+
+    >>> ds = distribute_dataset(tf.data.Dataset.range(4).batch(2), file_based=False)
+    >>> ds.options().experimental_distribute.auto_shard_policy.name
+    'DATA'
+    """
+    del strategy  # the worker count comes from TF_CONFIG, the same for every strategy
+    enough = num_files is None or num_files >= _num_workers()
+    policy = (tf.data.experimental.AutoShardPolicy.FILE if file_based and enough
+              else tf.data.experimental.AutoShardPolicy.DATA)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = policy
+    return dataset.with_options(options)
+
+
+def prepare_model(model, strategy=None):
+    """Make ``model.fit``/``evaluate`` work under ``MultiWorkerMirroredStrategy``.
+
+    Keras 3 has two bugs with this strategy (keras-team/keras#20585): it
+    builds the model by calling ``strategy.reduce`` on the whole ``(x, y)``
+    structure, and it reduces the scalar logs of each step over axis 0.
+    This builds from the first replica's batch (only shapes are needed) and
+    returns the logs as length-1 vectors. A no-op for every other
+    strategy; call it after ``compile``.
+
+    Args:
+        model: keras.Model. Created under ``strategy.scope()``.
+        strategy: tf.distribute.Strategy or None (the model's strategy).
+
+    Returns:
+        The same model.
+
+    Example:
+
+    >>> import keras
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> prepare_model(model) is model
+    True
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return model
+    build = model._maybe_symbolic_build
+
+    def first_replica(value):
+        if isinstance(value, tf.distribute.DistributedValues):
+            return strategy.experimental_local_results(value)[0]
+        return value
+
+    def maybe_symbolic_build(iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, batches in iterator:
+                data_batch = tf.nest.map_structure(first_replica, next(batches))
+                break
+        return build(data_batch=data_batch)
+
+    def rank_one(step):
+        # Keras reduces multi-worker step outputs with ``MEAN`` over axis 0,
+        # which fails on the scalar logs; a length-1 vector means the same.
+        def wrapped(data):
+            return tf.nest.map_structure(
+                lambda t: tf.reshape(t, [1]) if tf.is_tensor(t) and t.shape.rank == 0 else t,
+                step(data))
+        return wrapped
+
+    model._maybe_symbolic_build = maybe_symbolic_build
+    model.train_step = rank_one(model.train_step)
+    model.test_step = rank_one(model.test_step)
+    return model
+
+
+_PEER_ERRORS = (tf.errors.DeadlineExceededError, tf.errors.UnavailableError,
+                tf.errors.CancelledError, tf.errors.AbortedError)
+
+
+@contextlib.contextmanager
+def worker_failure_guard():
+    """Turn a lost peer's collective errors into one clear :class:`WorkerLostError`.
+
+    Under ``multi_worker`` a dead worker makes the others' collectives fail
+    after the communication timeout (or TensorFlow's health check); this
+    names the cause instead of a long runtime traceback.
+
+    Example:
+
+    >>> with worker_failure_guard():
+    ...     pass
+    """
+    try:
+        yield
+    except _PEER_ERRORS as err:
+        task_type, index = task_identity()
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise WorkerLostError(
+            f"Multi-worker training stopped: another worker stopped answering. Expected all "
+            f"workers in TF_CONFIG to stay up. Received: {type(err).__name__} on "
+            f"{task_type}:{index}: {first_line[:300]}") from None
+
+
+_JIT_CHOICES = {}
+
+
+def device_name():
+    """A short name for the device training runs on (first GPU, else ``CPU``).
+
+    Example:
+
+    >>> isinstance(device_name(), str)
+    True
+    """
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        return "GPU:" + details.get("device_name", gpus[0].name)
+    return "CPU"
+
+
+def _seconds_per_step(model_builder, sample_batch, jit_compile, loss, steps):
+    model = model_builder()
+    model.compile(optimizer="sgd", loss=loss, jit_compile=jit_compile)
+    x, y = sample_batch
+    model.train_on_batch(x, y)  # trace and compile
+    model.train_on_batch(x, y)
+    start = time.perf_counter()
+    for _ in range(steps):
+        model.train_on_batch(x, y)
+    return (time.perf_counter() - start) / steps
+
+
+def measure_jit_compile(model_builder, sample_batch, loss="categorical_crossentropy", steps=5):
+    """Seconds per train step without and with XLA: ``{False: s, True: s}``.
+
+    A model XLA cannot compile gets ``float("inf")`` for ``True``.
+
+    Args:
+        model_builder: callable returning a fresh uncompiled ``keras.Model``.
+        sample_batch: ``(x, y)`` arrays of one batch.
+        loss: loss for the timing compile.
+        steps: int. Timed steps after two warm-up steps.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> build = lambda: keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    >>> t = measure_jit_compile(build, (np.zeros((8, 4)), np.zeros((8, 2))), "mse", 2)
+    >>> sorted(t)
+    [False, True]
+    """
+    timings = {False: _seconds_per_step(model_builder, sample_batch, False, loss, steps)}
+    try:
+        timings[True] = _seconds_per_step(model_builder, sample_batch, True, loss, steps)
+    except (tf.errors.OpError, ValueError, NotImplementedError):
+        timings[True] = float("inf")
+    return timings
+
+
+def jit_compile_auto(model_builder, sample_batch, loss="categorical_crossentropy", steps=5,
+                     key=None):
+    """Resolve ``jit_compile: auto`` by timing a few steps with and without XLA.
+
+    The faster of the two is chosen (ties go to no XLA, which compiles
+    sooner), so ``auto`` is never the slower setting on the machine it was
+    measured on. The choice is cached in memory per ``(model name, device)``.
+
+    Args:
+        model_builder: callable returning a fresh uncompiled ``keras.Model``
+            (build a small version of the real model: same layers, tiny sizes).
+        sample_batch: ``(x, y)`` of one batch.
+        loss: loss for the timing compile.
+        steps: int. Timed steps per setting.
+        key: hashable or None. Cache key; default ``(model.name, device_name())``.
+
+    Returns:
+        bool. The ``jit_compile`` value to pass to ``model.compile``.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> build = lambda: keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)], name="t")
+    >>> jit_compile_auto(build, (np.zeros((8, 4)), np.zeros((8, 2))), "mse", 2) in (True, False)
+    True
+    """
+    if key is None:
+        key = (model_builder().name, device_name())
+    if key not in _JIT_CHOICES:
+        timings = measure_jit_compile(model_builder, sample_batch, loss, steps)
+        _JIT_CHOICES[key] = timings[True] < timings[False]
+    return _JIT_CHOICES[key]
