@@ -219,3 +219,33 @@ def test_best_checkpoint_value_survives_a_resume(data, tmp_path):
     task.run(config)
     again = json.loads((tmp_path / "run" / "checkpoints" / "best.keras.best.json").read_text())
     assert again["best"] <= state["best"]
+
+
+# Point 5: dependency floors exclude releases with known deserialization advisories.
+
+def _audit_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ci_audit", os.path.join(REPO, ".ci", "audit.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dependency_floors_exclude_known_advisories():
+    audit = _audit_module()
+    with open(os.path.join(REPO, ".ci", "advisories.json"), encoding="utf-8") as f:
+        advisories = json.load(f)
+    declared = audit.floors()
+    assert {"keras", "tensorflow"} <= set(declared)
+    assert audit.problems(advisories, declared, {}) == []
+
+
+def test_audit_flags_an_affected_floor_and_installed_version():
+    from packaging.version import Version
+
+    audit = _audit_module()
+    advisories = {"keras": [{"id": "CVE-X", "fixed": "3.9.0", "summary": "s"}]}
+    found = audit.problems(advisories, {"keras": Version("3.8.0")}, {"keras": Version("3.1.0")})
+    assert len(found) == 2 and all("CVE-X" in line for line in found)
+    assert "floor for keras is 3.8.0" in found[0] and "installed keras 3.1.0" in found[1]

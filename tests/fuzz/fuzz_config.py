@@ -6,10 +6,10 @@ Run: ``python tests/fuzz/fuzz_config.py -runs=5000`` (CI runs it briefly).
 import sys
 
 import atheris
+import tensorflow  # noqa: F401  (imported first so that only fmkeras is instrumented)
+import yaml
 
-with atheris.instrument_imports():
-    import yaml
-
+with atheris.instrument_imports(include=["fmkeras"]):
     from fmkeras import config as config_lib
     from fmkeras.errors import ConfigError
     from fmkeras.tasks.image_classification import ImageClassificationConfig
