@@ -74,6 +74,10 @@ def build_parser():
     parser.add_argument("--precision", choices=["auto", "float32", "mixed_float16",
                                                 "mixed_bfloat16"],
                         help="dtype policy (overrides the config)")
+    parser.add_argument("--strategy", choices=["auto", "none", "mirrored", "multi_worker",
+                                               "tpu"],
+                        help="tf.distribute strategy (overrides the config); multi_worker "
+                        "reads TF_CONFIG")
     parser.add_argument("--force-resume", action="store_true",
                         help="resume an interrupted run even if its model, optimizer, batch "
                         "size or data changed")
@@ -96,7 +100,7 @@ def _task_entry(task):
 
 
 def load_task_config(task, config_path=None, overrides=(), run_dir=None, precision=None,
-                     force_resume=False):
+                     force_resume=False, strategy=None):
     """Resolve the task's module and config from the CLI arguments.
 
     Example:
@@ -121,6 +125,8 @@ def load_task_config(task, config_path=None, overrides=(), run_dir=None, precisi
         overrides.append(f"precision={precision}")
     if force_resume:
         overrides.append("force_resume=true")
+    if strategy:
+        overrides.append(f"strategy={strategy}")
     return module, config_lib.load_config(config_cls, source, overrides)
 
 
@@ -147,7 +153,8 @@ def main(argv=None):
         signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         module, config = load_task_config(args.task, args.config, args.overrides,
-                                          args.run_dir, args.precision, args.force_resume)
+                                          args.run_dir, args.precision, args.force_resume,
+                                          args.strategy)
         # The policy must be in force before the task builds any model.
         if args.validate_data:
             return _validate_data(args.task, module, config)

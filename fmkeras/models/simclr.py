@@ -123,7 +123,10 @@ class SimCLR(keras.Model):
         images = self._images(data)
         with tf.GradientTape() as tape:
             loss = self._views_loss(images, training=True)
-            scaled = self.optimizer.scale_loss(loss)
+            # Replicas' gradients are summed; each replica's loss (negatives from its
+            # own share of the batch) counts 1/N, as Keras does for compiled losses.
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            scaled = self.optimizer.scale_loss(loss / replicas)
         grads = tape.gradient(scaled, self.trainable_variables)
         self.optimizer.apply(grads, self.trainable_variables)
         self.loss_tracker.update_state(loss)

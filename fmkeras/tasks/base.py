@@ -31,6 +31,30 @@ class RunResult:
     export_path: str | None = None
 
 
+def with_global_batch(config, dist):
+    """A copy of ``config`` whose ``data.batch_size`` is the global batch of ``dist``.
+
+    Configs give the batch per replica; pipelines must be batched with the
+    global batch, which the strategy splits across its replicas.
+
+    Example:
+
+    >>> from fmkeras.training.distribute import Distribution
+    >>> @dataclasses.dataclass
+    ... class D:
+    ...     batch_size: int = 8
+    >>> @dataclasses.dataclass
+    ... class C:
+    ...     data: D = dataclasses.field(default_factory=D)
+    >>> with_global_batch(C(), Distribution("none")).data.batch_size
+    8
+    """
+    if dist.replicas == 1:
+        return config
+    data = dataclasses.replace(config.data, batch_size=dist.global_batch(config.data.batch_size))
+    return dataclasses.replace(config, data=data)
+
+
 def default_run_dir(task):
     """``runs/<task>-<UTC timestamp>`` under the current directory.
 

@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from fmkeras import export as export_lib
+from fmkeras import saving
 from fmkeras.data import images as image_data
 from fmkeras.errors import ConfigError
 from fmkeras.evaluation import classification as cls_eval
@@ -34,7 +35,7 @@ from fmkeras.models import backbones
 from fmkeras.tasks import base
 from fmkeras.tasks.image_classification import ExportConfig, ImageDataConfig, make_datasets
 from fmkeras.training import callbacks as callbacks_lib
-from fmkeras.training import optimizers
+from fmkeras.training import distribute, optimizers
 from fmkeras.training import precision as precision_lib
 
 TASK = "fine-tune"
@@ -106,6 +107,7 @@ class FineTuneConfig:
         default_factory=lambda: ExportConfig(name="fine_tuned_classifier"))
     precision: str = "auto"
     jit_compile: bool | str = "auto"
+    strategy: str = "auto"
     seed: int = 42
     deterministic: bool = False
     run_dir: str | None = None
@@ -125,7 +127,7 @@ def build_backbone(model_config, input_shape):
         if not os.path.isfile(path):
             raise ConfigError(f"Encoder not found. Expected a .keras file. "
                               f"Received: model.encoder_path={path!r}")
-        encoder = keras.saving.load_model(path, compile=False)
+        encoder = saving.load_model(path, compile=False)
         if tuple(encoder.input_shape[1:]) != tuple(input_shape):
             raise ConfigError(
                 f"Encoder input shape does not match the data. Expected {tuple(input_shape)} "
@@ -199,13 +201,15 @@ def _check_config(config):
 
 
 def _fit_phase(model, config, splits, run_dir, phase, learning_rate, epochs, initial_epoch,
-               callbacks):
+               callbacks, dist):
     """Compile (the trainable set changed) and fit one phase, logging history_phase<N>.csv."""
     train = config.train
-    model.compile(
-        optimizer=optimizers.build_optimizer(train.optimizer, learning_rate, train.weight_decay),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing),
-        metrics=["accuracy"], jit_compile=config.jit_compile)
+    with dist.scope():
+        model.compile(
+            optimizer=optimizers.build_optimizer(train.optimizer, learning_rate,
+                                                 train.weight_decay),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing),
+            metrics=["accuracy"], jit_compile=config.jit_compile)
     history_path = os.path.join(run_dir, f"history_phase{phase}.csv")
     fit_callbacks = [
         callbacks_lib.NaNGuard(),
@@ -214,9 +218,9 @@ def _fit_phase(model, config, splits, run_dir, phase, learning_rate, epochs, ini
                                     write_graph=False),
         callbacks_lib.EpochSeeds(config.seed), *splits.callbacks, *callbacks]
     try:
-        model.fit(splits.train, validation_data=splits.validation,
-                  epochs=initial_epoch + epochs, initial_epoch=initial_epoch,
-                  callbacks=fit_callbacks, verbose=train.verbose, shuffle=False)
+        dist.fit(model, dist.dataset(splits.train), validation_data=splits.validation,
+                 epochs=initial_epoch + epochs, initial_epoch=initial_epoch,
+                 callbacks=fit_callbacks, verbose=train.verbose, shuffle=False)
     finally:
         callbacks_lib.close_files(fit_callbacks)
     return cls_eval.read_history(history_path)
@@ -241,9 +245,10 @@ def run(config, callbacks=()):
     >>> result.metrics["phase1_test_accuracy"], result.metrics["test_accuracy"]  # doctest: +SKIP
     """
     _check_config(config)
-    run_dir = config.run_dir or base.default_run_dir(TASK)
+    dist = distribute.Distribution(config.strategy)  # first: before TensorFlow starts
+    run_dir = dist.write_dir(config.run_dir or base.default_run_dir(TASK))
     precision_lib.set_seed(config.seed, config.deterministic)
-    splits = make_datasets(config)
+    splits = make_datasets(base.with_global_batch(config, dist))
     base.prepare_run_dir(run_dir, config, TASK)
     policy = precision_lib.set_precision(config.precision)
 
@@ -251,14 +256,15 @@ def run(config, callbacks=()):
     size = (data.image_size, data.image_size)
     channels = image_data.check_color_mode(data.color_mode)
     class_names = splits.class_names
-    features = build_backbone(config.model, (*size, channels))
-    model = backbones.image_classifier(features, len(class_names), config.model.dropout,
-                                       config.model.pooling)
+    with dist.scope():
+        features = build_backbone(config.model, (*size, channels))
+        model = backbones.image_classifier(features, len(class_names), config.model.dropout,
+                                           config.model.pooling)
 
     features.trainable = False
     params_phase1 = trainable_count(model)
     _fit_phase(model, config, splits, run_dir, 1, train.head_learning_rate, train.head_epochs,
-               0, callbacks)
+               0, callbacks, dist)
     phase1_loss, phase1_accuracy = model.evaluate(splits.test, verbose=0)
 
     params_phase2 = params_phase1
@@ -266,7 +272,7 @@ def run(config, callbacks=()):
         unfreeze_top(features, train.unfreeze_layers, train.train_batchnorm)
         params_phase2 = trainable_count(model)
         _fit_phase(model, config, splits, run_dir, 2, train.learning_rate, train.epochs,
-                   train.head_epochs, callbacks)
+                   train.head_epochs, callbacks, dist)
 
     test_loss, _ = model.evaluate(splits.test, verbose=0)
     images, labels = zip(*((x.numpy(), y.numpy()) for x, y in splits.test))
@@ -280,7 +286,8 @@ def run(config, callbacks=()):
                "backbone": features.name, "num_parameters": int(model.count_params()),
                "trainable_params_phase1": params_phase1,
                "trainable_params_phase2": params_phase2,
-               "train_samples": splits.train_samples, "test_samples": splits.test_samples}
+               "train_samples": splits.train_samples, "test_samples": splits.test_samples,
+               **dist.describe()}
 
     plots = ["plots/confusion_matrix.png"]
     cls_eval.plot_confusion_matrix(scores["confusion_matrix"], class_names,

@@ -29,7 +29,7 @@ from fmkeras.evaluation import classification as cls_eval
 from fmkeras.models.augmentation import with_augmentation
 from fmkeras.tasks import base
 from fmkeras.training import callbacks as callbacks_lib
-from fmkeras.training import optimizers
+from fmkeras.training import distribute, optimizers
 from fmkeras.training import precision as precision_lib
 
 TASK = "image-classification"
@@ -144,6 +144,7 @@ class ImageClassificationConfig:
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
     precision: str = "auto"
     jit_compile: bool | str = "auto"
+    strategy: str = "auto"
     seed: int = 42
     deterministic: bool = False
     run_dir: str | None = None
@@ -382,10 +383,12 @@ def run(config, callbacks=()):
     >>> result.metrics["test_accuracy"]  # doctest: +SKIP
     """
     _check_config(config)
-    run_dir = config.run_dir or base.default_run_dir(TASK)
-    # Seed first: tf.data shuffles draw on the global seed as well as their own.
+    # The strategy comes first: multi-worker runs must start before TensorFlow does.
+    dist = distribute.Distribution(config.strategy)
+    run_dir = dist.write_dir(config.run_dir or base.default_run_dir(TASK))
+    # Seed next: tf.data shuffles draw on the global seed as well as their own.
     precision_lib.set_seed(config.seed, config.deterministic)
-    splits = make_datasets(config)
+    splits = make_datasets(base.with_global_batch(config, dist))
     resume = callbacks_lib.prepare_resume(run_dir)
     base.prepare_run_dir(run_dir, config, TASK)
     policy = precision_lib.set_precision(config.precision)
@@ -394,29 +397,32 @@ def run(config, callbacks=()):
     size = (data.image_size, data.image_size)
     channels = image_data.check_color_mode(data.color_mode)
     class_names = splits.class_names
-    model = build_model(config.model, (*size, channels), len(class_names))
     rescale = data.rescale
-    if data.augment.in_model:
-        model = with_augmentation(model, data.augment.augmentation(), config.seed, data.rescale)
-        rescale = 1.0  # the wrapped model takes [0, 255] pixels
-    steps = int(np.ceil(splits.train_samples / data.batch_size))
-    lr = optimizers.learning_rate_schedule(
-        train.learning_rate, train.schedule, total_steps=steps * train.epochs,
-        warmup_steps=steps * train.warmup_epochs)
-    model.compile(
-        optimizer=optimizers.build_optimizer(train.optimizer, lr, train.weight_decay),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing),
-        metrics=["accuracy"], jit_compile=config.jit_compile,
-        steps_per_execution=train.steps_per_execution)
+    with dist.scope():
+        model = build_model(config.model, (*size, channels), len(class_names))
+        if data.augment.in_model:
+            model = with_augmentation(model, data.augment.augmentation(), config.seed,
+                                      data.rescale)
+            rescale = 1.0  # the wrapped model takes [0, 255] pixels
+        steps = int(np.ceil(splits.train_samples / dist.global_batch(data.batch_size)))
+        lr = optimizers.learning_rate_schedule(
+            train.learning_rate, train.schedule, total_steps=steps * train.epochs,
+            warmup_steps=steps * train.warmup_epochs)
+        model.compile(
+            optimizer=optimizers.build_optimizer(train.optimizer, lr, train.weight_decay),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing),
+            metrics=["accuracy"], jit_compile=config.jit_compile,
+            steps_per_execution=train.steps_per_execution)
     monitor = "val_loss" if splits.validation is not None else "loss"
     callbacks = callbacks_lib.standard_callbacks(
         run_dir, monitor=monitor, early_stopping_patience=train.early_stopping_patience,
         reduce_lr_patience=2 if train.schedule == "plateau" else None, resume=resume,
         extra=[*splits.callbacks, *callbacks], seed=config.seed,
-        identity=resume_identity(config, splits), force_resume=config.force_resume)
+        identity={**resume_identity(config, splits), "replicas": dist.replicas},
+        force_resume=config.force_resume)
     try:
-        model.fit(splits.train, validation_data=splits.validation, epochs=train.epochs,
-                  callbacks=callbacks, verbose=train.verbose, shuffle=False)
+        dist.fit(model, dist.dataset(splits.train), validation_data=splits.validation,
+                 epochs=train.epochs, callbacks=callbacks, verbose=train.verbose, shuffle=False)
     finally:
         callbacks_lib.close_files(callbacks)
 
@@ -431,7 +437,8 @@ def run(config, callbacks=()):
     metrics = {"test_accuracy": scores["accuracy"], "test_loss": float(test_loss),
                "macro_f1": scores["macro_f1"], "precision_policy": policy,
                "num_parameters": int(model.count_params()),
-               "train_samples": splits.train_samples, "test_samples": splits.test_samples}
+               "train_samples": splits.train_samples, "test_samples": splits.test_samples,
+               **dist.describe()}
 
     plots = os.path.join(run_dir, "plots")
     history = cls_eval.read_history(os.path.join(run_dir, "history.csv"))

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 
 from fmkeras import export as export_lib
-from fmkeras import models
+from fmkeras import models, saving
 from fmkeras.data import images as image_data
 from fmkeras.errors import ConfigError, DataError
 from fmkeras.evaluation import classification as cls_eval
@@ -26,7 +26,7 @@ from fmkeras.models.dcgan import SUPPORTED_SIZES
 from fmkeras.models.gan import GAN
 from fmkeras.tasks import base
 from fmkeras.training import callbacks as callbacks_lib
-from fmkeras.training import gan_callbacks
+from fmkeras.training import distribute, gan_callbacks
 from fmkeras.training import precision as precision_lib
 
 TASK = "image-generation"
@@ -111,6 +111,7 @@ class ImageGenerationConfig:
     evaluation: GenerationEvalConfig = dataclasses.field(default_factory=GenerationEvalConfig)
     export: GenerationExportConfig = dataclasses.field(default_factory=GenerationExportConfig)
     precision: str = "auto"
+    strategy: str = "auto"
     seed: int = 42
     run_dir: str | None = None
 
@@ -269,7 +270,7 @@ def make_extractor(config, train_ds, image_shape, num_classes, run_dir):
         if not os.path.isfile(evaluation.classifier_path):
             raise DataError("Classifier file not found. Expected a .keras classifier. "
                             f"Received: evaluation.classifier_path={evaluation.classifier_path!r}")
-        model = keras.saving.load_model(evaluation.classifier_path)
+        model = saving.load_model(evaluation.classifier_path)
     else:
         if num_classes < 2:
             raise ConfigError("evaluation.extractor=classifier needs labelled data (2+ class "
@@ -356,7 +357,8 @@ def run(config, callbacks=()):
     >>> result.metrics["fid"]  # doctest: +SKIP
     """
     _check_config(config)
-    run_dir = config.run_dir or base.default_run_dir(TASK)
+    dist = distribute.Distribution(config.strategy)  # first: before TensorFlow starts
+    run_dir = dist.write_dir(config.run_dir or base.default_run_dir(TASK))
     precision_lib.set_seed(config.seed)
     data = config.data
     train_index, test_index = load_splits(data, config.seed)
@@ -369,13 +371,15 @@ def run(config, callbacks=()):
     channels = image_data.check_color_mode(data.color_mode)
     image_shape = (data.image_size, data.image_size, channels)
 
-    train_ds = scaled_dataset(train_index, data, shuffle=True, seed=config.seed)
+    global_data = base.with_global_batch(config, dist).data
+    train_ds = scaled_dataset(train_index, global_data, shuffle=True, seed=config.seed)
     gan_ds = train_ds if data.conditional else train_ds.map(lambda x, y: x)
-    gan = build_gan(config, image_shape, num_classes if data.conditional else None)
     t = config.train
-    gan.compile(d_optimizer=keras.optimizers.Adam(t.d_learning_rate, beta_1=t.beta_1),
-                g_optimizer=keras.optimizers.Adam(t.g_learning_rate, beta_1=t.beta_1),
-                label_smoothing=t.label_smoothing, instance_noise=t.instance_noise)
+    with dist.scope():
+        gan = build_gan(config, image_shape, num_classes if data.conditional else None)
+        gan.compile(d_optimizer=keras.optimizers.Adam(t.d_learning_rate, beta_1=t.beta_1),
+                    g_optimizer=keras.optimizers.Adam(t.g_learning_rate, beta_1=t.beta_1),
+                    label_smoothing=t.label_smoothing, instance_noise=t.instance_noise)
     plots = os.path.join(run_dir, "plots")
     guard = gan_callbacks.GANGuard(seed=config.seed)
     fit_callbacks = [
@@ -387,8 +391,8 @@ def run(config, callbacks=()):
         *callbacks,
     ]
     try:
-        fit_history = gan.fit(gan_ds, epochs=t.epochs, callbacks=fit_callbacks,
-                              verbose=t.verbose, shuffle=False)
+        fit_history = dist.fit(gan, dist.dataset(gan_ds), epochs=t.epochs,
+                               callbacks=fit_callbacks, verbose=t.verbose, shuffle=False)
     finally:
         callbacks_lib.close_files(fit_callbacks)
 
@@ -401,7 +405,7 @@ def run(config, callbacks=()):
     metrics = score(real, fake, extractor)
     metrics.update(num_samples=n, precision_policy=policy, train_samples=len(train_index),
                    epochs_trained=len(fit_history.epoch),
-                   num_parameters=int(gan.generator.count_params()))
+                   num_parameters=int(gan.generator.count_params()), **dist.describe())
     if guard.stop_reason:
         metrics["stop_reason"] = guard.stop_reason
 

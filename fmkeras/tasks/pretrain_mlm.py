@@ -22,7 +22,7 @@ from fmkeras.evaluation import classification as cls_eval
 from fmkeras.models.mlm import mask_tokens, mlm_model
 from fmkeras.tasks import base
 from fmkeras.training import callbacks as callbacks_lib
-from fmkeras.training import optimizers
+from fmkeras.training import distribute, optimizers
 from fmkeras.training import precision as precision_lib
 
 TASK = "pretrain-mlm"
@@ -79,6 +79,7 @@ class PretrainMLMConfig:
     train: MLMTrainConfig = dataclasses.field(default_factory=MLMTrainConfig)
     precision: str = "auto"
     jit_compile: bool | str = "auto"
+    strategy: str = "auto"
     seed: int = 42
     deterministic: bool = False
     run_dir: str | None = None
@@ -115,12 +116,12 @@ def read_texts(data_config):
     return texts
 
 
-def _dataset(ids, config, mask_id, vocab_size, shuffle, seed_offset):
+def _dataset(ids, config, mask_id, vocab_size, shuffle, seed_offset, batch_size):
     data = config.data
     ds = tf.data.Dataset.from_tensor_slices(ids)
     if shuffle:
         ds = ds.shuffle(len(ids), seed=config.seed, reshuffle_each_iteration=True)
-    ds = ds.batch(data.batch_size).enumerate()
+    ds = ds.batch(batch_size).enumerate()
 
     def corrupt(step, batch):
         seed = tf.stack([tf.cast(config.seed + seed_offset, tf.int64), step])
@@ -151,7 +152,8 @@ def run(config, callbacks=()):
         raise ConfigError(f"Expected train.epochs >= 1. Received: {train.epochs}")
     if not 0.0 < data.mask_rate <= 1.0:
         raise ConfigError(f"Expected 0 < data.mask_rate <= 1. Received: {data.mask_rate}")
-    run_dir = config.run_dir or base.default_run_dir(TASK)
+    dist = distribute.Distribution(config.strategy)  # first: before TensorFlow starts
+    run_dir = dist.write_dir(config.run_dir or base.default_run_dir(TASK))
     precision_lib.set_seed(config.seed, config.deterministic)
     texts = read_texts(data)
     split = text_data.split_indices(len(texts), data.validation_split, 0.0, config.seed)
@@ -166,24 +168,27 @@ def run(config, callbacks=()):
     vectorizer = text_data.text_vectorizer(data.sequence_length, vocabulary=vocabulary)
     mask_id, vocab_size = len(vocabulary) - 1, len(vocabulary)
     to_ids = lambda items: vectorizer(tf.constant(items)).numpy()  # noqa: E731
-    train_ds = _dataset(to_ids(train_texts), config, mask_id, vocab_size, True, 0)
-    val_ds = _dataset(to_ids(val_texts), config, mask_id, vocab_size, False, 1)
+    batch = dist.global_batch(data.batch_size)
+    train_ds = _dataset(to_ids(train_texts), config, mask_id, vocab_size, True, 0, batch)
+    val_ds = _dataset(to_ids(val_texts), config, mask_id, vocab_size, False, 1, batch)
 
     m = config.model
-    model = mlm_model(vocab_size, data.sequence_length, m.d_model, m.num_heads, m.ff_dim,
-                      m.num_layers, m.dropout)
-    model.compile(optimizer=optimizers.build_optimizer(train.optimizer, train.learning_rate,
-                                                       train.weight_decay),
-                  loss="sparse_categorical_crossentropy",
-                  weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(
-                      name="masked_accuracy")], jit_compile=config.jit_compile)
+    with dist.scope():
+        model = mlm_model(vocab_size, data.sequence_length, m.d_model, m.num_heads, m.ff_dim,
+                          m.num_layers, m.dropout)
+        model.compile(optimizer=optimizers.build_optimizer(train.optimizer, train.learning_rate,
+                                                           train.weight_decay),
+                      loss="sparse_categorical_crossentropy",
+                      weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(
+                          name="masked_accuracy")], jit_compile=config.jit_compile)
     history_path = os.path.join(run_dir, "history.csv")
     fit_callbacks = [callbacks_lib.NaNGuard(), keras.callbacks.CSVLogger(history_path),
                      keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"),
                                                  write_graph=False), *callbacks]
     try:
-        model.fit(train_ds, validation_data=val_ds, epochs=train.epochs,
-                  callbacks=fit_callbacks, verbose=train.verbose, shuffle=False)
+        dist.fit(model, dist.dataset(train_ds, file_based=False), validation_data=val_ds,
+                 epochs=train.epochs, callbacks=fit_callbacks, verbose=train.verbose,
+                 shuffle=False)
     finally:
         callbacks_lib.close_files(fit_callbacks)
 
@@ -197,7 +202,7 @@ def run(config, callbacks=()):
                "val_loss": float(val_loss), "masked_accuracy": float(val_accuracy),
                "vocab_size": vocab_size, "mask_id": mask_id, "precision_policy": policy,
                "num_parameters": int(model.count_params()), "train_texts": len(train_texts),
-               "model_path": model_path}
+               "model_path": model_path, **dist.describe()}
     base.write_json(os.path.join(run_dir, "metrics.json"), metrics)
     base.write_report(run_dir, "Masked-language-model pretraining", metrics, None,
                       ["plots/training_curves.png"])

@@ -23,7 +23,7 @@ from fmkeras.tasks import base
 from fmkeras.tasks.fine_tune import FineTuneDataConfig, build_backbone
 from fmkeras.tasks.image_classification import AugmentConfig, make_datasets
 from fmkeras.training import callbacks as callbacks_lib
-from fmkeras.training import optimizers
+from fmkeras.training import distribute, optimizers
 from fmkeras.training import precision as precision_lib
 
 TASK = "pretrain-simclr"
@@ -94,6 +94,7 @@ class PretrainSimCLRConfig:
     train: SimCLRTrainConfig = dataclasses.field(default_factory=SimCLRTrainConfig)
     precision: str = "auto"
     jit_compile: bool | str = "auto"
+    strategy: str = "auto"
     seed: int = 42
     deterministic: bool = False
     run_dir: str | None = None
@@ -132,31 +133,35 @@ def run(config, callbacks=()):
     >>> result.metrics["encoder_path"]  # doctest: +SKIP
     """
     _check_config(config)
-    run_dir = config.run_dir or base.default_run_dir(TASK)
+    dist = distribute.Distribution(config.strategy)  # first: before TensorFlow starts
+    run_dir = dist.write_dir(config.run_dir or base.default_run_dir(TASK))
     precision_lib.set_seed(config.seed, config.deterministic)
-    splits = make_datasets(config)
+    splits = make_datasets(base.with_global_batch(config, dist))
     base.prepare_run_dir(run_dir, config, TASK)
     policy = precision_lib.set_precision(config.precision)
 
     data, train, model_config = config.data, config.train, config.model
     channels = image_data.check_color_mode(data.color_mode)
-    encoder = build_backbone(model_config, (data.image_size, data.image_size, channels))
-    model = SimCLR(encoder, model_config.projection_dim, model_config.hidden_dim,
-                   model_config.temperature, model_config.views.augmentation(),
-                   seed=config.seed)
-    steps = -(-splits.train_samples // data.batch_size)
-    lr = optimizers.learning_rate_schedule(train.learning_rate, train.schedule,
-                                           total_steps=steps * train.epochs)
-    model.compile(optimizer=optimizers.build_optimizer(train.optimizer, lr, train.weight_decay),
-                  jit_compile=config.jit_compile)
+    with dist.scope():
+        encoder = build_backbone(model_config, (data.image_size, data.image_size, channels))
+        model = SimCLR(encoder, model_config.projection_dim, model_config.hidden_dim,
+                       model_config.temperature, model_config.views.augmentation(),
+                       seed=config.seed)
+        steps = -(-splits.train_samples // dist.global_batch(data.batch_size))
+        lr = optimizers.learning_rate_schedule(train.learning_rate, train.schedule,
+                                               total_steps=steps * train.epochs)
+        model.compile(optimizer=optimizers.build_optimizer(train.optimizer, lr,
+                                                           train.weight_decay),
+                      jit_compile=config.jit_compile)
     history_path = os.path.join(run_dir, "history.csv")
     fit_callbacks = [
         callbacks_lib.NaNGuard(), keras.callbacks.CSVLogger(history_path),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), write_graph=False),
         callbacks_lib.EpochSeeds(config.seed), *splits.callbacks, *callbacks]
     try:
-        model.fit(splits.train, validation_data=splits.validation, epochs=train.epochs,
-                  callbacks=fit_callbacks, verbose=train.verbose, shuffle=False)
+        dist.fit(model, dist.dataset(splits.train), validation_data=splits.validation,
+                 epochs=train.epochs, callbacks=fit_callbacks, verbose=train.verbose,
+                 shuffle=False)
     finally:
         callbacks_lib.close_files(fit_callbacks)
 
@@ -167,7 +172,8 @@ def run(config, callbacks=()):
     metrics = {"first_loss": history["loss"][0], "final_loss": history["loss"][-1],
                "precision_policy": policy, "encoder": encoder.name,
                "num_parameters": int(encoder.count_params()),
-               "train_samples": splits.train_samples, "encoder_path": encoder_path}
+               "train_samples": splits.train_samples, "encoder_path": encoder_path,
+               **dist.describe()}
     if "val_loss" in history:
         metrics["final_val_loss"] = history["val_loss"][-1]
     base.write_json(os.path.join(run_dir, "metrics.json"), metrics)

@@ -29,6 +29,7 @@ from fmkeras.tasks.translation import (
     fit_text_model,
     report_counts,
 )
+from fmkeras.training import distribute
 from fmkeras.training import precision as precision_lib
 
 TASK = "text-classification"
@@ -89,6 +90,7 @@ class TextClassificationConfig:
         default_factory=lambda: TextExportConfig(name="text_classifier"))
     precision: str = "auto"
     jit_compile: bool | str = "auto"
+    strategy: str = "auto"
     seed: int = 42
     deterministic: bool = False
     run_dir: str | None = None
@@ -175,7 +177,8 @@ def run(config, callbacks=()):
     >>> result.metrics["test_accuracy"], result.metrics["macro_f1"]  # doctest: +SKIP
     """
     _check_config(config)
-    run_dir = config.run_dir or base.default_run_dir(TASK)
+    dist = distribute.Distribution(config.strategy)  # first: before TensorFlow starts
+    run_dir = dist.write_dir(config.run_dir or base.default_run_dir(TASK))
     precision_lib.set_seed(config.seed, config.deterministic)
     splits, class_names, report = load_texts(config)
     data = config.data
@@ -189,18 +192,20 @@ def run(config, callbacks=()):
     def dataset(name, shuffle=False):
         if not len(splits[name]):
             return None
-        return text_data.classification_dataset(splits[name], vectorizer, data.batch_size,
+        return text_data.classification_dataset(splits[name], vectorizer,
+                                                dist.global_batch(data.batch_size),
                                                 shuffle=shuffle, seed=config.seed)
 
-    model = build_model(config.model, vectorizer.vocabulary_size(), data.sequence_length,
-                        len(class_names))
-    compile_text_model(model, config, len(splits["train"]))
+    with dist.scope():
+        model = build_model(config.model, vectorizer.vocabulary_size(), data.sequence_length,
+                            len(class_names))
+        compile_text_model(model, config, len(splits["train"]), dist=dist)
     identity = {"model": config_lib.to_dict(config.model),
                 "data": {"path": data.path, "sequence_length": data.sequence_length,
                          "batch_size": data.batch_size, "classes": list(class_names),
                          "train_samples": len(splits["train"])}}
     fit_text_model(model, config, run_dir, dataset("train", shuffle=True),
-                   dataset("validation"), identity, callbacks)
+                   dataset("validation"), identity, callbacks, dist=dist)
 
     test = dataset("test")
     test_loss, _ = model.evaluate(test, verbose=0)
@@ -210,7 +215,8 @@ def run(config, callbacks=()):
                "test_loss": float(test_loss), "precision_policy": policy,
                "model_name": config.model.name, "num_parameters": int(model.count_params()),
                "train_samples": len(splits["train"]), "test_samples": len(splits["test"]),
-               "vocab_size": vectorizer.vocabulary_size(), **report_counts(report)}
+               "vocab_size": vectorizer.vocabulary_size(), **report_counts(report),
+               **dist.describe()}
 
     plots = os.path.join(run_dir, "plots")
     history = cls_eval.read_history(os.path.join(run_dir, "history.csv"))

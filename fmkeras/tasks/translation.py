@@ -25,7 +25,7 @@ from fmkeras.export import text as text_export
 from fmkeras.models.transformer import transformer_seq2seq
 from fmkeras.tasks import base
 from fmkeras.training import callbacks as callbacks_lib
-from fmkeras.training import optimizers
+from fmkeras.training import distribute, optimizers
 from fmkeras.training import precision as precision_lib
 
 TASK = "translation"
@@ -125,6 +125,7 @@ class TranslationConfig:
     export: TextExportConfig = dataclasses.field(default_factory=TextExportConfig)
     precision: str = "auto"
     jit_compile: bool | str = "auto"
+    strategy: str = "auto"
     seed: int = 42
     deterministic: bool = False
     run_dir: str | None = None
@@ -181,10 +182,15 @@ def check_train_config(train):
             f"Expected train.label_smoothing in [0, 1). Received: {train.label_smoothing}")
 
 
-def compile_text_model(model, config, train_samples, metrics=("accuracy",)):
-    """Compile ``model`` with the optimizer, schedule and loss of ``config.train``."""
+def compile_text_model(model, config, train_samples, metrics=("accuracy",), dist=None):
+    """Compile ``model`` with the optimizer, schedule and loss of ``config.train``.
+
+    Call it under ``dist.scope()``; ``dist`` (a ``Distribution``) sets the
+    global batch the schedule counts steps with.
+    """
     train = config.train
-    steps = int(np.ceil(train_samples / config.data.batch_size))
+    batch = dist.global_batch(config.data.batch_size) if dist else config.data.batch_size
+    steps = int(np.ceil(train_samples / batch))
     lr = optimizers.learning_rate_schedule(
         train.learning_rate, train.schedule, total_steps=steps * train.epochs,
         # A one-epoch run (tests, smoke checks) skips the warm-up rather than failing.
@@ -195,8 +201,11 @@ def compile_text_model(model, config, train_samples, metrics=("accuracy",)):
     return model
 
 
-def fit_text_model(model, config, run_dir, train_ds, val_ds, identity, callbacks=()):
-    """``model.fit`` with the standard callbacks; then reload the best weights."""
+def fit_text_model(model, config, run_dir, train_ds, val_ds, identity, callbacks=(),
+                   dist=None):
+    """``model.fit`` (under ``dist``) with the standard callbacks; then reload the best weights."""
+    dist = dist or distribute.Distribution("none")
+    identity = {**identity, "replicas": dist.replicas}
     resume = callbacks_lib.prepare_resume(run_dir)
     monitor = "val_loss" if val_ds is not None else "loss"
     callbacks = callbacks_lib.standard_callbacks(
@@ -205,8 +214,9 @@ def fit_text_model(model, config, run_dir, train_ds, val_ds, identity, callbacks
         extra=list(callbacks), seed=config.seed, identity=identity,
         force_resume=config.force_resume)
     try:
-        model.fit(train_ds, validation_data=val_ds, epochs=config.train.epochs,
-                  callbacks=callbacks, verbose=config.train.verbose, shuffle=False)
+        dist.fit(model, dist.dataset(train_ds, file_based=False), validation_data=val_ds,
+                 epochs=config.train.epochs, callbacks=callbacks,
+                 verbose=config.train.verbose, shuffle=False)
     finally:
         callbacks_lib.close_files(callbacks)
     best = os.path.join(run_dir, "checkpoints", "best.keras")
@@ -311,7 +321,8 @@ def run(config, callbacks=()):
     >>> result.metrics["bleu"], result.metrics["chrf"]  # doctest: +SKIP
     """
     _check_config(config)
-    run_dir = config.run_dir or base.default_run_dir(TASK)
+    dist = distribute.Distribution(config.strategy)  # first: before TensorFlow starts
+    run_dir = dist.write_dir(config.run_dir or base.default_run_dir(TASK))
     precision_lib.set_seed(config.seed, config.deterministic)
     splits, report = load_corpus(config)
     data, model_config = config.data, config.model
@@ -326,19 +337,21 @@ def run(config, callbacks=()):
         if not len(splits[name]):
             return None
         return text_data.translation_dataset(splits[name], source_vec, target_vec,
-                                             data.batch_size, shuffle=shuffle, seed=config.seed)
+                                             dist.global_batch(data.batch_size),
+                                             shuffle=shuffle, seed=config.seed)
 
-    model = transformer_seq2seq(
-        source_vec.vocabulary_size(), target_vec.vocabulary_size(), data.sequence_length,
-        d_model=model_config.d_model, num_heads=model_config.num_heads,
-        ff_dim=model_config.ff_dim, num_encoder_layers=model_config.num_encoder_layers,
-        num_decoder_layers=model_config.num_decoder_layers, dropout=model_config.dropout)
-    compile_text_model(model, config, len(splits["train"]))
+    with dist.scope():
+        model = transformer_seq2seq(
+            source_vec.vocabulary_size(), target_vec.vocabulary_size(), data.sequence_length,
+            d_model=model_config.d_model, num_heads=model_config.num_heads,
+            ff_dim=model_config.ff_dim, num_encoder_layers=model_config.num_encoder_layers,
+            num_decoder_layers=model_config.num_decoder_layers, dropout=model_config.dropout)
+        compile_text_model(model, config, len(splits["train"]), dist=dist)
     identity = {"model": config_lib.to_dict(model_config),
                 "data": {"path": data.path, "sequence_length": data.sequence_length,
                          "batch_size": data.batch_size, "train_samples": len(splits["train"])}}
     fit_text_model(model, config, run_dir, dataset("train", shuffle=True),
-                   dataset("validation"), identity, callbacks)
+                   dataset("validation"), identity, callbacks, dist=dist)
 
     test_loss, test_accuracy = model.evaluate(dataset("test"), verbose=0)
     decode = config.decode
@@ -355,7 +368,8 @@ def run(config, callbacks=()):
                "train_samples": len(splits["train"]), "test_samples": len(test),
                "scored_sentences": len(hypotheses),
                "source_vocab_size": source_vec.vocabulary_size(),
-               "target_vocab_size": target_vec.vocabulary_size(), **report_counts(report)}
+               "target_vocab_size": target_vec.vocabulary_size(), **report_counts(report),
+               **dist.describe()}
 
     history = cls_eval.read_history(os.path.join(run_dir, "history.csv"))
     cls_eval.plot_training_curves(history, os.path.join(run_dir, "plots", "training_curves.png"))

@@ -119,10 +119,44 @@ def make_strategy(name="auto", collective_timeout=DEFAULT_COLLECTIVE_TIMEOUT):
     if name == "none":
         return tf.distribute.get_strategy()
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+        devices = _mirrored_devices()
+        if devices is None:
+            return tf.distribute.MirroredStrategy()
+        # Logical CPUs: reduce on one device. The collective all-reduce fails on the
+        # sparse (IndexedSlices) gradients of embeddings when replicas see different
+        # numbers of distinct tokens.
+        return tf.distribute.MirroredStrategy(
+            devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
     if name == "multi_worker":
         return _multi_worker_strategy(collective_timeout)
     return _tpu_strategy()
+
+
+def _mirrored_devices():
+    """All GPUs; without GPUs, every logical CPU (``FMKERAS_CPU_REPLICAS`` makes N).
+
+    ``FMKERAS_CPU_REPLICAS=2`` splits the CPU into two logical devices before
+    TensorFlow starts, so a mirrored run can be tried (and tested) on a
+    machine without GPUs.
+    """
+    if tf.config.list_physical_devices("GPU"):
+        return None  # MirroredStrategy's own choice: every local GPU
+    wanted = os.environ.get("FMKERAS_CPU_REPLICAS")
+    if wanted:
+        try:
+            count = int(wanted)
+        except ValueError:
+            count = 0
+        if count < 1:
+            raise ConfigError("Expected FMKERAS_CPU_REPLICAS to be a positive integer. "
+                              f"Received: {wanted!r}")
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        try:
+            tf.config.set_logical_device_configuration(
+                cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+        except RuntimeError:
+            pass  # TensorFlow already started: keep the devices it has
+    return [d.name for d in tf.config.list_logical_devices("CPU")]
 
 
 def _multi_worker_strategy(collective_timeout):
@@ -451,3 +485,58 @@ def jit_compile_auto(model_builder, sample_batch, loss="categorical_crossentropy
         timings = measure_jit_compile(model_builder, sample_batch, loss, steps)
         _JIT_CHOICES[key] = timings[True] < timings[False]
     return _JIT_CHOICES[key]
+
+
+class Distribution:
+    """What a task needs from its strategy, in one object.
+
+    Create it first thing in a task (before any tensor exists), then build
+    and compile models under :meth:`scope`, batch the data with
+    :meth:`global_batch`, write files under :meth:`write_dir`, and train with
+    :meth:`fit`.
+
+    Args:
+        name: str. A config ``strategy`` value (see :func:`make_strategy`).
+
+    Example:
+
+    >>> dist = Distribution("none")
+    >>> dist.replicas, dist.global_batch(32), dist.chief
+    (1, 32, True)
+    """
+
+    def __init__(self, name="auto"):
+        self.name = name
+        self.strategy = make_strategy(name)
+        self.replicas = int(self.strategy.num_replicas_in_sync)
+        self.chief = is_chief(self.strategy)
+
+    def global_batch(self, per_replica):
+        """The batch of one optimizer step (see :func:`global_batch_size`)."""
+        return global_batch_size(per_replica, self.strategy)
+
+    def scope(self):
+        """The strategy scope: create models, optimizers and metrics under it."""
+        return self.strategy.scope()
+
+    def write_dir(self, run_dir):
+        """``run_dir`` on the chief, a temporary folder on other workers."""
+        return worker_dir(run_dir, self.strategy)
+
+    def dataset(self, dataset, file_based=True, num_files=None):
+        """``dataset`` with the sharding policy for this strategy (a no-op on one worker)."""
+        if _num_workers() <= 1 or not isinstance(dataset, tf.data.Dataset):
+            return dataset  # one worker, or a Python iterator Keras wraps itself
+        return distribute_dataset(dataset, self.strategy, file_based, num_files)
+
+    def fit(self, model, *args, **kwargs):
+        """``model.fit`` with the multi-worker fixes and a clear error for a lost worker."""
+        if not getattr(model, "_fmkeras_distribution_ready", False):
+            prepare_model(model, self.strategy)
+            model._fmkeras_distribution_ready = True
+        with worker_failure_guard():
+            return model.fit(*args, **kwargs)
+
+    def describe(self):
+        """A dict for ``metrics.json``: strategy class, replicas, chief."""
+        return {"strategy": type(self.strategy).__name__, "replicas": self.replicas}

@@ -1,0 +1,89 @@
+"""Every task runs under MirroredStrategy over two logical CPUs (issue: scale out).
+
+TensorFlow fixes its devices at start-up, so the tasks run in one fresh
+process with ``FMKERAS_CPU_REPLICAS=2``; each writes ``metrics.json`` with
+the strategy and replica count it trained with.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from conftest import REPO, write_image_folder
+
+SCRIPT = textwrap.dedent("""
+    import json, sys
+    from fmkeras.train import load_task_config
+
+    runs = json.loads(sys.argv[1])
+    results = {}
+    for task, overrides in runs.items():
+        module, config = load_task_config(task, overrides=overrides, strategy="mirrored")
+        results[task] = module.run(config).metrics
+    print("RESULTS" + json.dumps(results, default=str))
+""")
+
+
+@pytest.fixture(scope="module")
+def mirrored_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("strategy")
+    images = write_image_folder(root / "imgs", classes=("a", "b"), per_class=8, size=(16, 16))
+    tsv = root / "texts.tsv"
+    rows = ["text\tlabel"] + [f"{w} {w} uno dos\tes" for w in "abcdefghij"] + \
+        [f"{w} {w} one two\ten" for w in "abcdefghij"]
+    tsv.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    pairs = root / "pairs.tsv"
+    pairs.write_text("".join(f"go {w}\tve {w}\n" for w in "abcdefghijklmnopqrst"),
+                     encoding="utf-8")
+    quiet = ["train.verbose=0"]  # one export (image classification) is enough here
+    runs = {
+        "image-classification": [f"data.path={images}", "data.image_size=16",
+                                 "data.batch_size=4", "train.epochs=2",
+                                 "train.warmup_epochs=0", "model.filters=[4]",
+                                 "model.dense_units=8", "export.check=false"],
+        "text-classification": [f"data.path={tsv}", "data.sequence_length=8",
+                                "data.batch_size=4", "train.epochs=1", "model.d_model=8",
+                                "model.num_heads=2", "model.ff_dim=8", "export.enabled=false"],
+        "translation": [f"data.path={pairs}", "data.sequence_length=6", "data.batch_size=4",
+                        "train.epochs=1", "model.d_model=8", "model.num_heads=2",
+                        "model.ff_dim=8", "decode.max_test_sentences=4",
+                        "export.enabled=false"],
+        "image-generation": [f"data.path={images}", "data.image_size=16", "data.batch_size=4",
+                             "model.latent_dim=4", "model.base_filters=4", "train.epochs=1",
+                             "evaluation.classifier_epochs=1", "evaluation.num_samples=4",
+                             "export.enabled=false"],
+        "pretrain-simclr": [f"data.path={images}", "data.image_size=32", "data.batch_size=4",
+                            "model.alpha=0.35", "train.epochs=1"],
+        "pretrain-mlm": [f"data.path={tsv}", "data.sequence_length=8", "data.batch_size=4",
+                         "model.d_model=8", "model.num_heads=2", "model.ff_dim=8",
+                         "model.num_layers=1", "train.epochs=1"],
+        "fine-tune": [f"data.path={images}", "data.image_size=32", "data.batch_size=4",
+                      "model.alpha=0.35", "train.head_epochs=1", "train.epochs=1",
+                      "train.unfreeze_layers=2", "export.enabled=false"],
+    }
+    runs = {task: [*overrides, *quiet, f"run_dir={root / task}"]
+            for task, overrides in runs.items()}
+    env = {**os.environ, "FMKERAS_CPU_REPLICAS": "2", "TF_CPP_MIN_LOG_LEVEL": "2",
+           "PYTHONPATH": REPO}
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(runs)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULTS"))
+    return json.loads(line[len("RESULTS"):])
+
+
+TASKS = ["image-classification", "text-classification", "translation", "image-generation",
+         "pretrain-simclr", "pretrain-mlm", "fine-tune"]
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_task_trains_under_mirrored_strategy_on_two_replicas(mirrored_runs, task):
+    metrics = mirrored_runs[task]
+    assert metrics["strategy"] == "MirroredStrategy"
+    assert metrics["replicas"] == 2
+    numbers = [v for v in metrics.values() if isinstance(v, float)]
+    assert numbers and all(np.isfinite(numbers)), metrics
