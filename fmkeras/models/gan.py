@@ -301,6 +301,23 @@ class GAN(keras.Model):
         _keep_loss_scale(self.d_optimizer, tf.logical_and(d_ok, tf.logical_not(g_ok)))
         _keep_loss_scale(self.g_optimizer, tf.logical_and(g_ok, tf.logical_not(d_ok)))
 
+    def build_optimizers(self):
+        """Build both optimizers (their slots exist before the first step) and return them.
+
+        Used to restore a checkpoint before training starts.
+
+        Example:
+
+        >>> gan.compile(d_optimizer="adam", g_optimizer="adam")
+        >>> [o.built for o in gan.build_optimizers()]
+        [True, True]
+        """
+        pairs = ((self.d_optimizer, self.discriminator), (self.g_optimizer, self.generator))
+        for optimizer, network in pairs:
+            if not optimizer.built:
+                optimizer.build(network.trainable_variables)
+        return [self.d_optimizer, self.g_optimizer]
+
     def train_step(self, data):
         real, labels = self._unpack(data)
         num_replicas, _ = _replica_info()

@@ -94,6 +94,11 @@ class SimCLR(keras.Model):
         ], name="projection")
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.loss_tracker = keras.metrics.Mean(name="loss")
+        # Built from the encoder's shapes now, so weights (a resumed run's backup)
+        # can be loaded before the first batch.
+        features = encoder.output_shape
+        self.projection.build((None, features[-1]))
+        self.built = True
 
     @property
     def metrics(self):

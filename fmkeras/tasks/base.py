@@ -55,6 +55,22 @@ def with_global_batch(config, dist):
     return dataclasses.replace(config, data=data)
 
 
+def optimizer_identity(train_config):
+    """The training settings that must not change for a run to resume (not epochs, verbosity).
+
+    Example:
+
+    >>> @dataclasses.dataclass
+    ... class T:
+    ...     epochs: int = 3
+    ...     learning_rate: float = 0.1
+    >>> optimizer_identity(T())
+    {'learning_rate': 0.1}
+    """
+    return {key: value for key, value in config_lib.to_dict(train_config).items()
+            if key not in ("epochs", "verbose")}
+
+
 def default_run_dir(task):
     """``runs/<task>-<UTC timestamp>`` under the current directory.
 

@@ -16,6 +16,7 @@ import os
 import keras
 import numpy as np
 
+from fmkeras import config as config_lib
 from fmkeras import export as export_lib
 from fmkeras import models, saving
 from fmkeras.data import images as image_data
@@ -114,6 +115,7 @@ class ImageGenerationConfig:
     strategy: str = "auto"
     seed: int = 42
     run_dir: str | None = None
+    force_resume: bool = False
 
 
 def _check_config(config):
@@ -382,12 +384,19 @@ def run(config, callbacks=()):
                     label_smoothing=t.label_smoothing, instance_noise=t.instance_noise)
     plots = os.path.join(run_dir, "plots")
     guard = gan_callbacks.GANGuard(seed=config.seed)
+    identity = {"model": config_lib.to_dict(config.model),
+                "optimizer": base.optimizer_identity(t),
+                "data": {"path": data.path, "batch_size": data.batch_size,
+                         "image_size": data.image_size, "color_mode": data.color_mode,
+                         "conditional": data.conditional, "train_samples": len(train_index)},
+                "replicas": dist.replicas}
     fit_callbacks = [
         gan_callbacks.SampleGrid(plots, num_samples=64 if data.image_size <= 32 else 36,
                                  seed=config.seed),
         gan_callbacks.GANCheckpoint(os.path.join(run_dir, "checkpoints"), latest_only=True),
         guard,
-        keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv")),
+        *callbacks_lib.resumable_callbacks(run_dir, identity, config.force_resume,
+                                           nan_guard=False),  # GANGuard watches both losses
         *callbacks,
     ]
     try:
@@ -404,7 +413,7 @@ def run(config, callbacks=()):
     fake = generate(gan.generator, n, num_classes if data.conditional else None, config.seed)
     metrics = score(real, fake, extractor)
     metrics.update(num_samples=n, precision_policy=policy, train_samples=len(train_index),
-                   epochs_trained=len(fit_history.epoch),
+                   epochs_trained=fit_history.epoch[-1] + 1 if fit_history.epoch else 0,
                    num_parameters=int(gan.generator.count_params()), **dist.describe())
     if guard.stop_reason:
         metrics["stop_reason"] = guard.stop_reason

@@ -16,6 +16,7 @@ import os
 import keras
 import tensorflow as tf
 
+from fmkeras import config as config_lib
 from fmkeras.data import text as text_data
 from fmkeras.errors import ConfigError, DataError
 from fmkeras.evaluation import classification as cls_eval
@@ -182,9 +183,13 @@ def run(config, callbacks=()):
                       weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(
                           name="masked_accuracy")], jit_compile=config.jit_compile)
     history_path = os.path.join(run_dir, "history.csv")
-    fit_callbacks = [callbacks_lib.NaNGuard(), keras.callbacks.CSVLogger(history_path),
-                     keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"),
-                                                 write_graph=False), *callbacks]
+    identity = {"model": config_lib.to_dict(m), "optimizer": base.optimizer_identity(train),
+                "data": {"path": data.path, "batch_size": data.batch_size,
+                         "sequence_length": data.sequence_length, "mask_rate": data.mask_rate,
+                         "train_texts": len(train_texts), "vocab_size": vocab_size},
+                "replicas": dist.replicas}
+    fit_callbacks = [*callbacks_lib.resumable_callbacks(run_dir, identity, config.force_resume),
+                     *callbacks]
     try:
         dist.fit(model, dist.dataset(train_ds, file_based=False), validation_data=val_ds,
                  epochs=train.epochs, callbacks=fit_callbacks, verbose=train.verbose,

@@ -12,8 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-import keras
-
+from fmkeras import config as config_lib
 from fmkeras.data import images as image_data
 from fmkeras.data.augment import Augmentation
 from fmkeras.errors import ConfigError
@@ -154,9 +153,13 @@ def run(config, callbacks=()):
                                                            train.weight_decay),
                       jit_compile=config.jit_compile)
     history_path = os.path.join(run_dir, "history.csv")
+    identity = {"model": config_lib.to_dict(model_config),
+                "optimizer": base.optimizer_identity(train),
+                "data": {"path": data.path, "batch_size": data.batch_size,
+                         "image_size": data.image_size, "train_samples": splits.train_samples},
+                "replicas": dist.replicas}
     fit_callbacks = [
-        callbacks_lib.NaNGuard(), keras.callbacks.CSVLogger(history_path),
-        keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), write_graph=False),
+        *callbacks_lib.resumable_callbacks(run_dir, identity, config.force_resume),
         callbacks_lib.EpochSeeds(config.seed), *splits.callbacks, *callbacks]
     try:
         dist.fit(model, dist.dataset(splits.train), validation_data=splits.validation,

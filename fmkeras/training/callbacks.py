@@ -139,6 +139,35 @@ def prepare_resume(run_dir):
     return has_backup(os.path.join(run_dir, "checkpoints", "backup"))
 
 
+def resumable_callbacks(run_dir, identity=None, force_resume=False, nan_guard=True):
+    """Backup (so a rerun resumes), ``history.csv`` and TensorBoard, without a best checkpoint.
+
+    For tasks whose product is not "the best classifier" (pretraining, GANs).
+
+    Args:
+        run_dir: str. The run directory.
+        identity: optional dict. What must match to resume.
+        force_resume: bool. Resume even if ``identity`` changed.
+        nan_guard: bool. Add :class:`NaNGuard` (it watches ``loss``).
+
+    Example:
+
+    >>> [type(c).__name__ for c in resumable_callbacks("/tmp/fmkeras-example-run")][:2]
+    ['ResumableBackup', 'NaNGuard']
+    """
+    history = os.path.join(run_dir, "history.csv")
+    resume = prepare_resume(run_dir)
+    os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
+    callbacks = [ResumableBackup(os.path.join(run_dir, "checkpoints", "backup"), identity,
+                                 force_resume, history_path=history)]
+    if nan_guard:
+        callbacks.append(NaNGuard())
+    callbacks += [keras.callbacks.CSVLogger(history, append=resume),
+                  keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"),
+                                              write_graph=False)]
+    return callbacks
+
+
 def close_files(callbacks):
     """Close files callbacks left open when ``fit`` ended by an exception.
 

@@ -156,12 +156,22 @@ class ResumableBackup(keras.callbacks.Callback):
         self._restore(checkpoints)
         _truncate_history(self.history_path, self.restored_epoch or 0)
 
+    def _optimizers(self):
+        """The model's optimizers, built so their slots can be restored."""
+        build = getattr(self.model, "build_optimizers", None)
+        if callable(build):  # models with several optimizers (the GAN) build their own
+            return build()
+        optimizer = self.model.optimizer
+        if optimizer is None:
+            return []
+        if not optimizer.built:
+            optimizer.build(self.model.trainable_variables)
+        return [optimizer]
+
     def _restore(self, checkpoints):
-        if self.model.optimizer is not None and not self.model.optimizer.built:
-            self.model.optimizer.build(self.model.trainable_variables)
         variables = list(self.model.variables)
-        if self.model.optimizer is not None:
-            variables += list(self.model.optimizer.variables)
+        for optimizer in self._optimizers():
+            variables += list(optimizer.variables)
         initial = [v.numpy() for v in variables]
 
         def reset():  # undo a partial load
