@@ -8,12 +8,18 @@ with no callbacks. The fmkeras side is ``tasks.image_classification.run``
 with all its callbacks (checkpoints, backup, CSV, TensorBoard, NaN guard).
 Steady state: the first epoch (tracing, cache fill) is excluded.
 
-Usage: ``python benchmarks/train_overhead.py [--epochs 6] [--data DIR]``
+The embedded digits make 45-step epochs of about half a second, where the
+task's per-epoch work (backup, best checkpoint, CSV, TensorBoard) weighs
+most; ``--cifar N`` measures realistic epochs instead: N images per class of
+the CIFAR-10 JPEGs in ``../shared/datasets`` (32x32 RGB).
+
+Usage: ``python benchmarks/train_overhead.py [--epochs 6] [--data DIR] [--cifar 500]``
 """
 
 import argparse
 import os
 import platform
+import tarfile
 import tempfile
 import time
 
@@ -56,6 +62,7 @@ def fmkeras_rate(args, run_dir):
     config = load_config(image_classification.ImageClassificationConfig, "digits_cnn", [
         f"data.path={args.data}", f"train.epochs={args.epochs}", "export.enabled=false",
         f"data.image_size={args.image_size}", f"data.batch_size={args.batch_size}",
+        f"data.color_mode={args.color_mode}",
         "data.validation_split=0.0", "train.schedule=constant", "train.warmup_epochs=0",
         "train.verbose=0", f"run_dir={run_dir}"])
     timer = EpochTimer()
@@ -67,15 +74,35 @@ def plain_keras_rate(args):
     train_dir = os.path.join(args.data, "train")
     ds = keras.utils.image_dataset_from_directory(
         train_dir if os.path.isdir(train_dir) else args.data, label_mode="categorical",
-        color_mode="grayscale", image_size=(args.image_size, args.image_size),
+        color_mode=args.color_mode, image_size=(args.image_size, args.image_size),
         batch_size=args.batch_size, shuffle=True, seed=42, verbose=False)
     ds = ds.map(lambda x, y: (x / 255.0, y)).cache().prefetch(tf.data.AUTOTUNE)
     keras.utils.set_random_seed(42)
-    model = simple_cnn((args.image_size, args.image_size, 1), 10, dropout=0.3)
+    channels = 1 if args.color_mode == "grayscale" else 3
+    model = simple_cnn((args.image_size, args.image_size, channels), 10, dropout=0.3)
     model.compile(keras.optimizers.Adam(2e-3), "categorical_crossentropy", metrics=["accuracy"])
     timer = EpochTimer()
     model.fit(ds, epochs=args.epochs, callbacks=[timer], verbose=0)
     return steady_rate(timer)
+
+
+def cifar_subset(per_class, root):
+    """``root/train/<class>`` with ``per_class`` CIFAR-10 JPEGs each, ``root/test`` with 20."""
+    archive = os.path.join(REPO, "..", "shared", "datasets", "cifar10-train-jpg.tar.gz")
+    if not os.path.exists(archive):
+        raise SystemExit(f"CIFAR-10 archive not found at {archive}; run without --cifar.")
+    source = os.path.join(root, "all")
+    with tarfile.open(archive) as tar:
+        tar.extractall(source, filter="data")
+    top = os.path.join(source, "train")
+    for name in sorted(os.listdir(top)):
+        files = sorted(os.listdir(os.path.join(top, name)))
+        for split, chosen in (("train", files[:per_class]),
+                              ("test", files[per_class:per_class + 20])):
+            os.makedirs(os.path.join(root, split, name), exist_ok=True)
+            for file in chosen:
+                os.symlink(os.path.join(top, name, file), os.path.join(root, split, name, file))
+    return root
 
 
 def main():
@@ -85,7 +112,15 @@ def main():
     parser.add_argument("--image-size", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--color-mode", default="grayscale", choices=["grayscale", "rgb"])
+    parser.add_argument("--cifar", type=int, metavar="PER_CLASS",
+                        help="use PER_CLASS CIFAR-10 images per class (32x32 RGB)")
     args = parser.parse_args()
+    if args.cifar:
+        args.data = cifar_subset(args.cifar, tempfile.mkdtemp(prefix="fmkeras-cifar-"))
+        args.color_mode, args.image_size = "rgb", 32
+    print(f"data: {args.data}, {args.image_size}x{args.image_size} {args.color_mode}, "
+          f"batch {args.batch_size}")
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}; "
           f"TensorFlow {tf.__version__}, Keras {keras.__version__}")
     ours, plain = [], []
