@@ -2,7 +2,7 @@
 
 Run: ``python benchmarks/cifar10_fast.py [--minutes 15] [--images N] [--epochs E]``
 
-Extracts ``/work/shared/datasets/cifar10-train-jpg.tar.gz`` (or ``--archive``)
+Extracts ``../shared/datasets/cifar10-train-jpg.tar.gz`` (or ``--archive``)
 into ``/tmp`` with :func:`fmkeras.data.archives.safe_extract`, trains the
 ``cifar10_fast`` preset (a ResNet-8, flip-and-translate augmentation, label
 smoothing, warm-up + cosine schedule) on it through the image-classification
@@ -26,7 +26,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-ARCHIVE = "/work/shared/datasets/cifar10-train-jpg.tar.gz"
+ARCHIVE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
+                       "shared", "datasets", "cifar10-train-jpg.tar.gz")
 EXTRACTED = os.path.join(tempfile.gettempdir(), "fmkeras-cifar10")
 
 
