@@ -73,3 +73,34 @@ def test_best_checkpoint_value_survives_a_restart(tmp_path):
     assert again.best == 0.5
     again.on_epoch_end(1, {"loss": 0.9})  # worse: must not overwrite the better file
     assert (tmp_path / "best.keras").stat().st_mtime_ns == saved
+
+
+def test_loss_scale_guard_stops_when_every_step_is_skipped():
+    from fmkeras.training.callbacks import LossScaleGuard, NonFiniteLossError
+
+    def overflowing(y_true, y_pred):
+        # Finite loss, non-finite gradient (d sqrt(x)/dx at 0): every step is skipped.
+        return keras.ops.mean(keras.ops.sqrt(keras.ops.square(y_pred - y_true) * 0.0))
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+        model.compile(keras.optimizers.SGD(0.1), loss=overflowing)
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        x, y = np.ones((64, 4), "float32"), np.ones((64, 2), "float32")
+        with pytest.raises(NonFiniteLossError, match="loss scale collapsed"):
+            model.fit(x, y, batch_size=1, epochs=1, verbose=0,
+                      callbacks=[LossScaleGuard(min_scale=1.0, check_every=4)])
+        assert float(model.optimizer.dynamic_scale.numpy()) < 1.0
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_loss_scale_guard_is_silent_without_loss_scaling():
+    from fmkeras.training.callbacks import LossScaleGuard
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile("sgd", "mse")
+    history = model.fit(np.ones((8, 4)), np.ones((8, 2)), batch_size=1, epochs=1, verbose=0,
+                        callbacks=[LossScaleGuard(check_every=1)])
+    assert len(history.history["loss"]) == 1

@@ -55,6 +55,56 @@ class NaNGuard(keras.callbacks.Callback):
                     f"the data. The last good checkpoint is kept.")
 
 
+class LossScaleGuard(keras.callbacks.Callback):
+    """Stop when mixed-precision loss scaling has collapsed (steps keep being skipped).
+
+    Under ``mixed_float16`` Keras wraps the optimizer in a
+    ``LossScaleOptimizer``, which skips a step and halves its loss scale
+    whenever the gradients are not finite. From the initial ``2**15``, a
+    scale below ``min_scale`` means at least that many more skipped steps
+    than successful growth: the run is silently learning nothing. This
+    raises :class:`NonFiniteLossError` instead. A no-op without loss scaling.
+
+    Args:
+        min_scale: float. Loss scale below which training stops.
+        check_every: int. Batches between checks (reading the scale syncs
+            with the device).
+
+    Example:
+
+    >>> guard = LossScaleGuard(min_scale=1.0)  # pass to model.fit(callbacks=[...])
+    """
+
+    def __init__(self, min_scale=1.0, check_every=10):
+        super().__init__()
+        self.min_scale = float(min_scale)
+        self.check_every = max(1, int(check_every))
+        self._epoch = 0
+        # Checked on Keras' callback thread: training is not synced per batch.
+        self.async_safe = True
+
+    def _scale(self):
+        optimizer = getattr(self.model, "optimizer", None)
+        scale = getattr(optimizer, "dynamic_scale", None)
+        return None if scale is None else float(keras.ops.convert_to_numpy(scale))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (batch + 1) % self.check_every:
+            return
+        scale = self._scale()
+        if scale is not None and scale < self.min_scale:
+            self.model.stop_training = True
+            raise NonFiniteLossError(
+                f"Training stopped: the mixed-precision loss scale collapsed to {scale:g} at "
+                f"epoch {self._epoch + 1}, batch {batch}: the gradients keep overflowing, so "
+                "the optimizer skips every step and nothing is learned. Expected finite "
+                "gradients; try --precision float32 or mixed_bfloat16, or a lower learning "
+                "rate. The last good checkpoint is kept.")
+
+
 class EpochSeeds(keras.callbacks.Callback):
     """Reseed every random layer (dropout, noise, ...) from ``(seed, epoch)`` at each epoch.
 
@@ -161,7 +211,7 @@ def resumable_callbacks(run_dir, identity=None, force_resume=False, nan_guard=Tr
     callbacks = [ResumableBackup(os.path.join(run_dir, "checkpoints", "backup"), identity,
                                  force_resume, history_path=history)]
     if nan_guard:
-        callbacks.append(NaNGuard())
+        callbacks += [NaNGuard(), LossScaleGuard()]
     callbacks += [keras.callbacks.CSVLogger(history, append=resume),
                   keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"),
                                               write_graph=False)]
@@ -226,6 +276,7 @@ def standard_callbacks(run_dir, monitor="val_loss", early_stopping_patience=None
     callbacks = [
         backup,
         NaNGuard(),
+        LossScaleGuard(),
         best,
         keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=resume),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), write_graph=False),
