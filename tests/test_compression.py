@@ -51,3 +51,64 @@ def test_errors_name_what_was_received():
         compression.quantize(mlp(), "int3")
     with pytest.raises(ValueError, match="Received: 1.0"):
         compression.prune(mlp(), 1.0)
+
+
+class Recorder(keras.callbacks.Callback):
+    """Sparsity of the hidden kernel after each batch (the pruning callback runs first)."""
+
+    def __init__(self):
+        super().__init__()
+        self.sparsities = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        kernel = self.model.get_layer("hidden").kernel.numpy()
+        self.sparsities.append(float((kernel == 0).mean()))
+
+
+def test_pruning_callback_grows_the_masks_and_holds_them():
+    model = mlp()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="categorical_crossentropy")
+    x = inputs()
+    y = keras.utils.to_categorical(np.arange(16) % 4, 4)
+    pruning, recorder = compression.PruningCallback(0.6, end_step=8, frequency=2), Recorder()
+    model.fit(x, y, batch_size=4, epochs=4, verbose=0, callbacks=[pruning, recorder])
+    seen = np.array(recorder.sparsities)
+    assert seen[0] == 0.0 and np.all(np.diff(seen[:8]) >= 0)  # gradual, never undone
+    assert seen[7] == pytest.approx(0.6, abs=0.01)
+    # After end_step the masks are fixed: training goes on and the zeros stay.
+    np.testing.assert_allclose(seen[8:], 0.6, atol=0.01)
+    assert pruning.achieved_sparsity == pytest.approx(0.6, abs=0.01)
+    assert compression.sparsity(model) == pytest.approx(0.6, abs=0.01)
+    assert pruning._masks is None  # stripped: the model is plain Keras
+    assert {layer.name for layer in pruning.pruned_layers} == {"hidden", "head"}
+
+
+def test_pruning_callback_reaches_the_target_and_skips_frozen_kernels(tmp_path):
+    model = mlp()
+    model.get_layer("hidden").trainable = False
+    frozen = model.get_layer("hidden").kernel.numpy().copy()
+    model.compile(optimizer="sgd", loss="categorical_crossentropy")
+    pruning = compression.PruningCallback(0.5)  # schedule from the fit's own length
+    x, y = inputs(), keras.utils.to_categorical(np.arange(16) % 4, 4)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[pruning])
+    assert [layer.name for layer in pruning.pruned_layers] == ["head"]
+    np.testing.assert_array_equal(model.get_layer("hidden").kernel.numpy(), frozen)
+    assert (model.get_layer("head").kernel.numpy() == 0).mean() == pytest.approx(0.5, abs=0.01)
+    path = str(tmp_path / "pruned.keras")
+    model.save(path)
+    reloaded = keras.saving.load_model(path)
+    np.testing.assert_array_equal(reloaded.get_layer("head").kernel.numpy(),
+                                  model.get_layer("head").kernel.numpy())
+
+
+def test_size_and_latency_measure_compression():
+    model = mlp()
+    dense = compression.model_size(model)
+    compression.prune(model, 0.8)
+    pruned = compression.model_size(model)
+    quantized = compression.model_size(compression.quantize(model, "int8"))
+    assert pruned["gzip_bytes"] < dense["gzip_bytes"]  # zeros compress
+    assert quantized["keras_bytes"] < pruned["keras_bytes"]
+    assert compression.predict_latency_ms(model, inputs(), repeats=2) > 0
+    with pytest.raises(ValueError, match="Received: 1.0"):
+        compression.PruningCallback(1.0)

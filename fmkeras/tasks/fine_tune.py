@@ -15,6 +15,14 @@ Each phase writes ``history_phase<N>.csv``; ``metrics.json`` holds
 ``phase1_test_accuracy``, ``test_accuracy`` (after phase 2) and the trainable
 parameter counts. The result exports like any image classifier. A run is not
 resumable: rerunning it starts again.
+
+``compression.prune_sparsity`` prunes the kernels the last phase trains,
+gradually, during that phase; ``compression.quantize: int8`` quantizes the
+final model afterwards. ``metrics.json`` then compares test accuracy, saved
+size (``.keras`` bytes, and gzipped) and predict latency (ms per batch)
+before and after each (``before_pruning_*``, ``float_*``, ``int8_*``), and
+``exported`` says which model the SavedModel holds (the quantized one when
+quantizing, else the float one, pruned or not).
 """
 
 from __future__ import annotations
@@ -27,14 +35,14 @@ import numpy as np
 import tensorflow as tf
 
 from fmkeras import export as export_lib
-from fmkeras import saving
 from fmkeras.data import images as image_data
 from fmkeras.errors import ConfigError
 from fmkeras.evaluation import classification as cls_eval
 from fmkeras.models import backbones
-from fmkeras.tasks import base
+from fmkeras.tasks import base, transfer
 from fmkeras.tasks.image_classification import ExportConfig, ImageDataConfig, make_datasets
 from fmkeras.training import callbacks as callbacks_lib
+from fmkeras.training import compression as compression_lib
 from fmkeras.training import distribute, optimizers
 from fmkeras.training import precision as precision_lib
 
@@ -105,6 +113,8 @@ class FineTuneConfig:
     train: FineTuneTrainConfig = dataclasses.field(default_factory=FineTuneTrainConfig)
     export: ExportConfig = dataclasses.field(
         default_factory=lambda: ExportConfig(name="fine_tuned_classifier"))
+    compression: transfer.CompressionConfig = dataclasses.field(
+        default_factory=transfer.CompressionConfig)
     precision: str = "auto"
     jit_compile: bool | str = "auto"
     strategy: str = "auto"
@@ -123,17 +133,7 @@ def build_backbone(model_config, input_shape):
     'mobilenet_v2'
     """
     if model_config.encoder_path:
-        path = model_config.encoder_path
-        if not os.path.isfile(path):
-            raise ConfigError(f"Encoder not found. Expected a .keras file. "
-                              f"Received: model.encoder_path={path!r}")
-        encoder = saving.load_model(path, compile=False)
-        if tuple(encoder.input_shape[1:]) != tuple(input_shape):
-            raise ConfigError(
-                f"Encoder input shape does not match the data. Expected {tuple(input_shape)} "
-                f"(data.image_size, data.color_mode). Received: {tuple(encoder.input_shape[1:])}"
-                f" from {path!r}")
-        return encoder
+        return transfer.load_encoder(model_config.encoder_path, input_shape)
     kwargs = {"alpha": model_config.alpha} if model_config.alpha is not None else {}
     return backbones.backbone(model_config.backbone, input_shape, model_config.weights, **kwargs)
 
@@ -198,6 +198,7 @@ def _check_config(config):
     if config.jit_compile not in (True, False, "auto"):
         raise ConfigError(
             f"Expected jit_compile true, false or 'auto'. Received: {config.jit_compile!r}")
+    transfer.check_compression_config(config.compression)
 
 
 def _fit_phase(model, config, splits, run_dir, phase, learning_rate, epochs, initial_epoch,
@@ -224,6 +225,10 @@ def _fit_phase(model, config, splits, run_dir, phase, learning_rate, epochs, ini
     finally:
         callbacks_lib.close_files(fit_callbacks)
     return cls_eval.read_history(history_path)
+
+
+def _prefixed(prefix, values):
+    return {f"{prefix}_{key}": value for key, value in values.items()}
 
 
 def run(config, callbacks=()):
@@ -261,10 +266,25 @@ def run(config, callbacks=()):
         model = backbones.image_classifier(features, len(class_names), config.model.dropout,
                                            config.model.pooling)
 
+    images, labels = zip(*((x.numpy(), y.numpy()) for x, y in splits.test))
+    test_images, y_true = np.concatenate(images), np.concatenate(labels).argmax(-1)
+    comp = config.compression
+    pruning = (compression_lib.PruningCallback(comp.prune_sparsity)
+               if comp.prune_sparsity else None)
+    compression_metrics = {}
+
+    def last_phase_callbacks():
+        """The extra callbacks, and the pruning callback, for the last phase."""
+        if pruning is None:
+            return callbacks
+        compression_metrics.update(_prefixed("before_pruning", transfer.measure(
+            model, test_images, y_true, data.batch_size)))
+        return [*callbacks, pruning]
+
     features.trainable = False
     params_phase1 = trainable_count(model)
     _fit_phase(model, config, splits, run_dir, 1, train.head_learning_rate, train.head_epochs,
-               0, callbacks, dist)
+               0, callbacks if train.epochs else last_phase_callbacks(), dist)
     phase1_loss, phase1_accuracy = model.evaluate(splits.test, verbose=0)
 
     params_phase2 = params_phase1
@@ -272,13 +292,11 @@ def run(config, callbacks=()):
         unfreeze_top(features, train.unfreeze_layers, train.train_batchnorm)
         params_phase2 = trainable_count(model)
         _fit_phase(model, config, splits, run_dir, 2, train.learning_rate, train.epochs,
-                   train.head_epochs, callbacks, dist)
+                   train.head_epochs, last_phase_callbacks(), dist)
 
     test_loss, _ = model.evaluate(splits.test, verbose=0)
-    images, labels = zip(*((x.numpy(), y.numpy()) for x, y in splits.test))
-    probabilities = model.predict(np.concatenate(images), verbose=0)
-    scores = cls_eval.classification_metrics(np.concatenate(labels).argmax(-1), probabilities,
-                                             class_names)
+    probabilities = model.predict(test_images, verbose=0)
+    scores = cls_eval.classification_metrics(y_true, probabilities, class_names)
     metrics = {"phase1_test_accuracy": float(phase1_accuracy),
                "phase1_test_loss": float(phase1_loss),
                "test_accuracy": scores["accuracy"], "test_loss": float(test_loss),
@@ -288,6 +306,21 @@ def run(config, callbacks=()):
                "trainable_params_phase2": params_phase2,
                "train_samples": splits.train_samples, "test_samples": splits.test_samples,
                **dist.describe()}
+    exported = model
+    if pruning is not None or comp.quantize:
+        metrics.update(compression_metrics)
+        metrics.update(_prefixed("float", transfer.measure(model, test_images, y_true,
+                                                           data.batch_size)))
+        metrics["model_sparsity"] = compression_lib.sparsity(model)
+        metrics["exported"] = "float"
+    if pruning is not None:
+        metrics["pruned_sparsity"] = pruning.achieved_sparsity
+        metrics["pruned_layers"] = len(pruning.pruned_layers)
+    if comp.quantize:
+        exported = compression_lib.quantize(model, comp.quantize)
+        metrics.update(_prefixed(comp.quantize, transfer.measure(exported, test_images, y_true,
+                                                                 data.batch_size)))
+        metrics["exported"] = comp.quantize
 
     plots = ["plots/confusion_matrix.png"]
     cls_eval.plot_confusion_matrix(scores["confusion_matrix"], class_names,
@@ -304,7 +337,7 @@ def run(config, callbacks=()):
         pixels = np.clip(np.round(images[0][:3]), 0, 255).astype(np.uint8)
         samples = [tf.io.encode_png(p).numpy() for p in pixels]
         export_path = export_lib.export_image_classifier(
-            model, os.path.join(run_dir, "export"), config.export.name, class_names, size,
+            exported, os.path.join(run_dir, "export"), config.export.name, class_names, size,
             channels, rescale=1.0, sample_bytes=samples, check=config.export.check)
         metrics["export_path"] = export_path
     base.write_json(os.path.join(run_dir, "metrics.json"), metrics)

@@ -3,8 +3,10 @@
 ``run(config)`` reads ``data.path`` (a folder with ``train/`` and ``test/``
 class folders, or a single folder of class folders from which a test split
 is held out), builds ``model.name`` with the builders of
-:mod:`fmkeras.models`, trains with ``model.fit`` and the standard callbacks,
-evaluates on the test split and exports a SavedModel that serves image bytes.
+:mod:`fmkeras.models` (or, with ``model.encoder_path``, a classifier head on
+a saved encoder such as ``pretrain-simclr``'s ``encoder.keras``), trains
+with ``model.fit`` and the standard callbacks, evaluates on the test split
+and exports a SavedModel that serves image bytes.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from fmkeras.data.image_data_generator import ImageDataGenerator
 from fmkeras.errors import ConfigError, DataError
 from fmkeras.evaluation import classification as cls_eval
 from fmkeras.models.augmentation import with_augmentation
-from fmkeras.tasks import base
+from fmkeras.tasks import base, transfer
 from fmkeras.training import callbacks as callbacks_lib
 from fmkeras.training import distribute, optimizers
 from fmkeras.training import precision as precision_lib
@@ -91,9 +93,17 @@ class ImageDataConfig:
 
 @dataclasses.dataclass
 class ImageModelConfig:
-    """Which builder and its main hyper-parameters."""
+    """Which builder and its main hyper-parameters.
+
+    ``encoder_path`` (a ``.keras`` encoder taking ``[0, 255]`` pixels, e.g.
+    ``<simclr run>/encoder.keras``) takes precedence over ``name``: the
+    classifier is pooling, ``dropout`` and a softmax on that encoder, which
+    is trained too unless ``freeze_encoder``. It needs ``data.rescale: 1.0``.
+    """
 
     name: str = "simple_cnn"
+    encoder_path: str | None = None
+    freeze_encoder: bool = False
     filters: tuple[int, ...] = (32, 64, 128)
     dense_units: int = 128
     dropout: float = 0.5
@@ -162,6 +172,10 @@ def build_model(model_config, input_shape, num_classes):
     >>> build_model(ImageModelConfig(), (16, 16, 1), 10).name
     'simple_cnn'
     """
+    if model_config.encoder_path:
+        encoder = transfer.load_encoder(model_config.encoder_path, input_shape)
+        encoder.trainable = not model_config.freeze_encoder
+        return models.image_classifier(encoder, num_classes, model_config.dropout)
     name = model_config.name
     if name == "simple_cnn":
         return models.simple_cnn(input_shape, num_classes, filters=model_config.filters,
@@ -360,6 +374,10 @@ def _check_config(config):
         raise ConfigError(
             f"Expected jit_compile true, false or 'auto'. Received: {config.jit_compile!r}")
     image_data.check_color_mode(config.data.color_mode)
+    if config.model.encoder_path and config.data.rescale != 1.0:
+        raise ConfigError("model.encoder_path needs data.rescale=1.0: saved encoders take "
+                          "[0, 255] pixels and preprocess them themselves. Received: "
+                          f"data.rescale={config.data.rescale}")
     if config.data.pipeline not in PIPELINES:
         raise ConfigError(f"Unknown data.pipeline. Expected one of {list(PIPELINES)}. "
                           f"Received: {config.data.pipeline!r}")
@@ -437,6 +455,7 @@ def run(config, callbacks=()):
     metrics = {"test_accuracy": scores["accuracy"], "test_loss": float(test_loss),
                "macro_f1": scores["macro_f1"], "precision_policy": policy,
                "num_parameters": int(model.count_params()),
+               **transfer.parameter_metrics(model),
                "train_samples": splits.train_samples, "test_samples": splits.test_samples,
                **dist.describe()}
 

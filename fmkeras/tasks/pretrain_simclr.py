@@ -4,7 +4,9 @@
 image-classification task does (labels are ignored), trains a
 :class:`fmkeras.models.SimCLR` around ``model.backbone`` and saves the
 encoder as ``<run_dir>/encoder.keras``. Fine-tune it with
-``python -m fmkeras.train fine-tune --set model.encoder_path=<run_dir>/encoder.keras``.
+``python -m fmkeras.train fine-tune --set model.encoder_path=<run_dir>/encoder.keras``,
+or train it with a head as ``image-classification`` does (same
+``model.encoder_path``, with ``data.rescale=1.0``).
 """
 
 from __future__ import annotations

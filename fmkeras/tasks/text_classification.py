@@ -6,6 +6,15 @@ a problem report, splits it with a fixed seed, learns the vocabulary on the
 training split only, trains a Transformer, LSTM or GRU classifier and
 reports accuracy, macro F1, a per-class table and a confusion matrix. The
 SavedModel classifies raw strings.
+
+``model.encoder_path`` (a ``pretrain-mlm`` run directory or its
+``mlm.keras``) starts the Transformer from that run: its ``vocabulary.txt``
+replaces the learned one and its embedding and encoder blocks are copied in
+(``model.d_model``, ``num_heads``, ``ff_dim``, ``num_layers`` and
+``data.sequence_length`` must match it). ``lora.rank > 0`` trains low-rank
+adapters instead of every weight; they are merged into the kernels before
+export. ``metrics.json`` always has ``trainable_parameters`` and
+``total_parameters``.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ from fmkeras.evaluation import classification as cls_eval
 from fmkeras.export import text as text_export
 from fmkeras.models.recurrent import gru_classifier, lstm_classifier
 from fmkeras.models.transformer import transformer_classifier
-from fmkeras.tasks import base
+from fmkeras.tasks import base, transfer
 from fmkeras.tasks.translation import (
     TextExportConfig,
     TextTrainConfig,
@@ -30,6 +39,7 @@ from fmkeras.tasks.translation import (
     report_counts,
 )
 from fmkeras.training import distribute
+from fmkeras.training import lora as lora_lib
 from fmkeras.training import precision as precision_lib
 
 TASK = "text-classification"
@@ -57,7 +67,10 @@ class TextModelConfig:
 
     ``name`` is ``transformer`` (uses ``d_model``, ``num_heads``, ``ff_dim``,
     ``num_layers``, ``pooling``), ``lstm`` or ``gru`` (use ``embedding_dim``,
-    ``units``, ``num_layers``, ``bidirectional``).
+    ``units``, ``num_layers``, ``bidirectional``). ``encoder_path`` (a
+    ``pretrain-mlm`` run directory or its ``mlm.keras``) starts the
+    transformer from that run, with its vocabulary (``data.max_tokens`` is
+    then unused).
     """
 
     name: str = "transformer"
@@ -70,6 +83,7 @@ class TextModelConfig:
     units: int = 64
     bidirectional: bool = False
     dropout: float = 0.1
+    encoder_path: str | None = None
 
 
 @dataclasses.dataclass
@@ -88,6 +102,7 @@ class TextClassificationConfig:
     train: TextTrainConfig = dataclasses.field(default_factory=TextTrainConfig)
     export: TextExportConfig = dataclasses.field(
         default_factory=lambda: TextExportConfig(name="text_classifier"))
+    lora: transfer.LoRAConfig = dataclasses.field(default_factory=transfer.LoRAConfig)
     precision: str = "auto"
     jit_compile: bool | str = "auto"
     strategy: str = "auto"
@@ -157,6 +172,7 @@ def _check_config(config):
     if config.jit_compile not in (True, False, "auto"):
         raise ConfigError(
             f"Expected jit_compile true, false or 'auto'. Received: {config.jit_compile!r}")
+    transfer.check_lora_config(config.lora)
 
 
 def run(config, callbacks=()):
@@ -167,7 +183,8 @@ def run(config, callbacks=()):
         callbacks: iterable of extra ``keras.callbacks.Callback`` for ``fit``.
 
     Returns:
-        :class:`fmkeras.tasks.base.RunResult`.
+        :class:`fmkeras.tasks.base.RunResult`; with LoRA its ``model`` is the
+        merged model (no adapters), the one exported.
 
     Example:
 
@@ -182,8 +199,16 @@ def run(config, callbacks=()):
     precision_lib.set_seed(config.seed, config.deterministic)
     splits, class_names, report = load_texts(config)
     data = config.data
-    vectorizer = text_data.text_vectorizer(data.sequence_length, data.max_tokens,
-                                           texts=splits["train"].texts, name="text_vectorizer")
+    mlm = None
+    if config.model.encoder_path:
+        mlm = transfer.load_mlm_run(config.model.encoder_path)
+        mlm.check_fits(config.model, data.sequence_length)
+        vectorizer = text_data.text_vectorizer(data.sequence_length, vocabulary=mlm.vocabulary,
+                                               name="text_vectorizer")
+    else:
+        vectorizer = text_data.text_vectorizer(data.sequence_length, data.max_tokens,
+                                               texts=splits["train"].texts,
+                                               name="text_vectorizer")
     base.prepare_run_dir(run_dir, config, TASK)
     text_data.save_vocabulary(vectorizer, os.path.join(run_dir, "vocab", "tokens.txt"))
     base.write_json(os.path.join(run_dir, "vocab", "labels.json"), list(class_names))
@@ -199,8 +224,12 @@ def run(config, callbacks=()):
     with dist.scope():
         model = build_model(config.model, vectorizer.vocabulary_size(), data.sequence_length,
                             len(class_names))
+        if mlm is not None:
+            mlm.copy_encoder(model)
+        transfer.apply_lora(model, config.lora)
         compile_text_model(model, config, len(splits["train"]), dist=dist)
     identity = {"model": config_lib.to_dict(config.model),
+                **({"lora": config_lib.to_dict(config.lora)} if config.lora.rank else {}),
                 "data": {"path": data.path, "sequence_length": data.sequence_length,
                          "batch_size": data.batch_size, "classes": list(class_names),
                          "train_samples": len(splits["train"])}}
@@ -216,7 +245,13 @@ def run(config, callbacks=()):
                "model_name": config.model.name, "num_parameters": int(model.count_params()),
                "train_samples": len(splits["train"]), "test_samples": len(splits["test"]),
                "vocab_size": vectorizer.vocabulary_size(), **report_counts(report),
+               **transfer.parameter_metrics(model), "lora_rank": config.lora.rank,
                **dist.describe()}
+    if mlm is not None:
+        metrics["encoder_path"] = mlm.model_path
+    # The adapters are folded into the kernels: the export serves a plain model.
+    if lora_lib.lora_layers(model):
+        model = lora_lib.merge_lora(model)
 
     plots = os.path.join(run_dir, "plots")
     history = cls_eval.read_history(os.path.join(run_dir, "history.csv"))

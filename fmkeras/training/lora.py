@@ -36,7 +36,8 @@ def lora_layers(model):
     return [layer for layer in _all_layers(model) if getattr(layer, "lora_enabled", False)]
 
 
-def enable_lora(model, rank, patterns=("*",), lora_alpha=None, freeze_others=True):
+def enable_lora(model, rank, patterns=("*",), lora_alpha=None, freeze_others=True,
+                exclude=()):
     """Enable LoRA on the Dense/EinsumDense/Embedding layers whose name matches a pattern.
 
     Args:
@@ -48,6 +49,8 @@ def enable_lora(model, rank, patterns=("*",), lora_alpha=None, freeze_others=Tru
             ``lora_alpha / rank`` (default 1).
         freeze_others: bool. Freeze every other weight (biases of the
             selected layers included), so only the adapters train.
+        exclude: iterable of ``fnmatch`` patterns over layer names never
+            given adapters, even when ``patterns`` match them.
 
     Returns:
         list of the layers now carrying LoRA. The adapters are created with
@@ -64,9 +67,11 @@ def enable_lora(model, rank, patterns=("*",), lora_alpha=None, freeze_others=Tru
     if not isinstance(rank, int) or rank < 1:
         raise ValueError(f"Expected a positive integer rank. Received: rank={rank!r}")
     patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+    exclude = [exclude] if isinstance(exclude, str) else list(exclude)
     selected = [layer for layer in _all_layers(model)
                 if isinstance(layer, LORA_LAYER_TYPES)
-                and any(fnmatch.fnmatchcase(layer.name, p) for p in patterns)]
+                and any(fnmatch.fnmatchcase(layer.name, p) for p in patterns)
+                and not any(fnmatch.fnmatchcase(layer.name, p) for p in exclude)]
     if not selected:
         names = sorted({layer.name for layer in _all_layers(model)
                         if isinstance(layer, LORA_LAYER_TYPES)})
