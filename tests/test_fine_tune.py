@@ -87,8 +87,10 @@ def test_starts_from_a_saved_encoder(images, tmp_path):
     encoder = backbones.backbone(BACKBONE, (32, 32, 3), alpha=0.35)
     path = str(tmp_path / "encoder.keras")
     encoder.save(path)
+    # Without recalibration every variable, batch-norm statistics included, is the saved one.
     config = tiny_config(images, str(tmp_path / "run"), f"model.encoder_path={path}",
-                         "train.epochs=0", "export.enabled=false")
+                         "train.epochs=0", "export.enabled=false",
+                         "model.recalibrate_batchnorm=false")
     snapshots = BackboneSnapshots()
     result = task.run(config, callbacks=[snapshots])
     start = snapshots.fits[0][0]
@@ -114,3 +116,22 @@ def test_cli_knows_the_task_and_preset():
     module, config = cli.load_task_config("fine-tune", overrides=["train.epochs=1"])
     assert module is task and config.model.backbone == "mobilenet_v2"
     assert config.model.weights is None and config.data.rescale == 1.0
+
+
+def test_recalibrated_batchnorm_keeps_random_backbone_features_alive():
+    features = task.build_backbone(task.FineTuneModelConfig(alpha=0.35), (32, 32, 3))
+    images = np.random.default_rng(0).uniform(0, 255, (16, 32, 32, 3)).astype("float32")
+    before = float(np.std(features([images], training=False)))
+    count = task.recalibrate_batchnorm(features, [(images, None)] * 10)
+    after = float(np.std(features([images], training=False)))
+    assert count > 10
+    assert before < 1e-6 < 1e-2 < after  # vanishing features become usable ones
+    frozen = [w.numpy().copy() for w in features.trainable_weights]
+    task.recalibrate_batchnorm(features, [(images, None)] * 2)
+    assert all(np.array_equal(a, b.numpy()) for a, b in zip(frozen, features.trainable_weights))
+
+
+def test_recalibrate_batchnorm_value_is_checked(images, tmp_path):
+    config = tiny_config(images, str(tmp_path / "run"), "model.recalibrate_batchnorm=sometimes")
+    with pytest.raises(ConfigError, match="recalibrate_batchnorm"):
+        task.run(config)

@@ -66,6 +66,10 @@ class FineTuneModelConfig:
     null (random) or a local weights file. ``encoder_path`` (a ``.keras``
     encoder, e.g. ``<simclr run>/encoder.keras``) replaces the
     ``keras.applications`` backbone. ``alpha`` is MobileNet's width.
+    ``recalibrate_batchnorm`` re-estimates the backbone's batch-norm
+    statistics on the training images before the frozen phase (``auto``:
+    for random weights and saved encoders, whose statistics are untrained
+    or from another domain; not for ``imagenet`` or a weights file).
     """
 
     backbone: str = "mobilenet_v2"
@@ -74,6 +78,7 @@ class FineTuneModelConfig:
     encoder_path: str | None = None
     dropout: float = 0.2
     pooling: str = "avg"
+    recalibrate_batchnorm: bool | str = "auto"
 
 
 @dataclasses.dataclass
@@ -138,6 +143,53 @@ def build_backbone(model_config, input_shape):
     return backbones.backbone(model_config.backbone, input_shape, model_config.weights, **kwargs)
 
 
+def recalibrate_batchnorm(model, dataset, batches=40, momentum=0.8):
+    """Re-estimate every batch-norm layer's moving statistics on ``dataset``.
+
+    No weight changes: the layers are called in training mode, which only
+    updates their moving means and variances. A randomly initialised (or
+    briefly pretrained) backbone has near-initial statistics; frozen, it
+    runs in inference mode with them and its features vanish to ~0 after a
+    deep stack, so the head cannot learn. Recalibrated statistics fix that.
+
+    Args:
+        model: keras.Model holding BatchNormalization layers (trainable).
+        dataset: iterable of ``(images, labels)`` batches.
+        batches: int. How many batches to average over.
+        momentum: float. Moving-average momentum used meanwhile.
+
+    Returns:
+        int. The number of batch-norm layers recalibrated.
+
+    Example:
+
+    >>> import numpy as np
+    >>> net = keras.Sequential([keras.Input((4,)), keras.layers.BatchNormalization()])
+    >>> recalibrate_batchnorm(net, [(np.full((8, 4), 5.0), None)] * 40)
+    1
+    >>> round(float(net.layers[0].moving_mean.numpy()[0]), 2)
+    5.0
+    """
+    layers = [layer for layer in model._flatten_layers()
+              if isinstance(layer, keras.layers.BatchNormalization)]
+    if not layers:
+        return 0
+    saved = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.momentum = momentum
+    # keras.applications models take their single input as a one-element list.
+    as_list = isinstance(getattr(model, "_inputs_struct", None), (list, tuple))
+    try:
+        for i, (images, _) in enumerate(dataset):
+            if i >= batches:
+                break
+            model([images] if as_list else images, training=True)
+    finally:
+        for layer, value in zip(layers, saved):
+            layer.momentum = value
+    return len(layers)
+
+
 def unfreeze_top(backbone_model, layers=0, train_batchnorm=False):
     """Make the top ``layers`` weighted layers of a backbone trainable (0: all).
 
@@ -183,6 +235,9 @@ def trainable_count(model):
 
 
 def _check_config(config):
+    if config.model.recalibrate_batchnorm not in (True, False, "auto"):
+        raise ConfigError("Expected model.recalibrate_batchnorm true, false or 'auto'. "
+                          f"Received: {config.model.recalibrate_batchnorm!r}")
     train, data = config.train, config.data
     if train.head_epochs < 1:
         raise ConfigError(f"Expected train.head_epochs >= 1. Received: {train.head_epochs}")
@@ -281,6 +336,10 @@ def run(config, callbacks=()):
             model, test_images, y_true, data.batch_size)))
         return [*callbacks, pruning]
 
+    recalibrate = config.model.recalibrate_batchnorm
+    if recalibrate == "auto":
+        recalibrate = config.model.encoder_path is not None or config.model.weights is None
+    recalibrated = recalibrate_batchnorm(features, splits.train) if recalibrate else 0
     features.trainable = False
     params_phase1 = trainable_count(model)
     _fit_phase(model, config, splits, run_dir, 1, train.head_learning_rate, train.head_epochs,
@@ -303,6 +362,7 @@ def run(config, callbacks=()):
                "macro_f1": scores["macro_f1"], "precision_policy": policy,
                "backbone": features.name, "num_parameters": int(model.count_params()),
                "trainable_params_phase1": params_phase1,
+               "batchnorm_layers_recalibrated": recalibrated,
                "trainable_params_phase2": params_phase2,
                "train_samples": splits.train_samples, "test_samples": splits.test_samples,
                **dist.describe()}
