@@ -93,3 +93,28 @@ def test_changed_settings_refuse_to_resume(inputs, tmp_path):
                                                        "data.mask_rate=0.3"], run_dir=run_dir)
     with pytest.raises(Exception, match="mask_rate"):
         module.run(config)
+
+
+FINE_TUNE = ["data.image_size=32", "data.batch_size=4", "model.alpha=0.35",
+             "train.head_epochs=2", "train.epochs=2", "train.unfreeze_layers=2",
+             "train.verbose=0", "export.enabled=false"]
+
+
+@pytest.mark.parametrize("stop_at, retrained", [(1, [1, 2, 3]), (3, [3])])
+def test_fine_tune_resumes_in_the_phase_it_stopped(inputs, tmp_path, stop_at, retrained):
+    run_dir = str(tmp_path / "run")
+    settings = [f"data.path={inputs['images']}", *FINE_TUNE]
+    module, config = load_task_config("fine-tune", overrides=settings, run_dir=run_dir)
+    with pytest.raises(Stop):
+        module.run(config, callbacks=[StopAt(stop_at)])
+
+    epochs = Epochs()
+    module, config = load_task_config("fine-tune", overrides=settings, run_dir=run_dir)
+    module.run(config, callbacks=[epochs])
+    assert epochs.seen == retrained  # finished epochs and phases are not trained again
+    for phase, expected in ((1, [0, 1]), (2, [2, 3])):
+        with open(os.path.join(run_dir, f"history_phase{phase}.csv"), encoding="utf-8") as f:
+            assert [int(row["epoch"]) for row in csv.DictReader(f)] == expected
+    leftovers = [f for f in os.listdir(os.path.join(run_dir, "checkpoints"))
+                 if f.startswith(("backup", "phase"))]
+    assert leftovers == []

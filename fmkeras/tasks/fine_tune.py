@@ -28,12 +28,15 @@ quantizing, else the float one, pruned or not).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import warnings
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from fmkeras import config as config_lib
 from fmkeras import export as export_lib
 from fmkeras.data import images as image_data
 from fmkeras.errors import ConfigError
@@ -42,6 +45,7 @@ from fmkeras.models import backbones
 from fmkeras.tasks import base, transfer
 from fmkeras.tasks.image_classification import ExportConfig, ImageDataConfig, make_datasets
 from fmkeras.training import callbacks as callbacks_lib
+from fmkeras.training import checkpoints as checkpoints_lib
 from fmkeras.training import compression as compression_lib
 from fmkeras.training import distribute, optimizers
 from fmkeras.training import precision as precision_lib
@@ -256,20 +260,70 @@ def _check_config(config):
     transfer.check_compression_config(config.compression)
 
 
+def _phase_done_path(run_dir, phase):
+    return os.path.join(run_dir, "checkpoints", f"phase{phase}_done.npz")
+
+
+def _load_done_phase(model, run_dir, phase, identity, force):
+    """Load the weights a completed phase left (a resumed run skips it); False if none."""
+    path = _phase_done_path(run_dir, phase)
+    if not os.path.exists(path):
+        return False
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            saved_identity = json.loads(str(saved["identity"]))
+            weights = [saved[f"w{i}"] for i in range(int(saved["count"]))]
+    except (OSError, ValueError, KeyError) as err:
+        warnings.warn(f"Ignoring unusable phase checkpoint {path}: {err}", RuntimeWarning,
+                      stacklevel=3)
+        return False
+    changed = checkpoints_lib.differing_keys(saved_identity, identity)
+    if changed and not force:
+        raise ConfigError(
+            f"Refusing to resume the run in {run_dir!r}: these settings changed since it was "
+            f"interrupted: {', '.join(changed)}. Expected the same model, optimizer, batch "
+            "size and data; use a new run directory, or --force-resume to resume anyway.")
+    model.set_weights(weights)
+    return True
+
+
+def _save_done_phase(model, run_dir, phase, identity):
+    path = _phase_done_path(run_dir, phase)
+    weights = model.get_weights()
+    tmp = f"{path}.tmp.npz"
+    np.savez(tmp, identity=json.dumps(identity, sort_keys=True), count=len(weights),
+             **{f"w{i}": w for i, w in enumerate(weights)})
+    os.replace(tmp, path)
+
+
 def _fit_phase(model, config, splits, run_dir, phase, learning_rate, epochs, initial_epoch,
-               callbacks, dist):
-    """Compile (the trainable set changed) and fit one phase, logging history_phase<N>.csv."""
+               callbacks, dist, identity=None):
+    """Compile (the trainable set changed) and fit one phase, logging history_phase<N>.csv.
+
+    Each phase backs itself up every epoch (``checkpoints/backup_phase<N>``)
+    and leaves ``checkpoints/phase<N>_done.npz`` when it completes, so a
+    rerun of an interrupted run skips finished phases and resumes the
+    current one at its last completed epoch.
+    """
     train = config.train
+    identity = {**(identity or {}), "phase": phase}
+    history_path = os.path.join(run_dir, f"history_phase{phase}.csv")
     with dist.scope():
         model.compile(
             optimizer=optimizers.build_optimizer(train.optimizer, learning_rate,
                                                  train.weight_decay),
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing),
             metrics=["accuracy"], jit_compile=config.jit_compile)
-    history_path = os.path.join(run_dir, f"history_phase{phase}.csv")
+    if _load_done_phase(model, run_dir, phase, identity, config.force_resume):
+        return cls_eval.read_history(history_path)
+    backup_dir = os.path.join(run_dir, "checkpoints", f"backup_phase{phase}")
+    resume = checkpoints_lib.has_backup(backup_dir)
     fit_callbacks = [
+        checkpoints_lib.ResumableBackup(backup_dir, identity, config.force_resume,
+                                        history_path=history_path),
         callbacks_lib.NaNGuard(),
-        keras.callbacks.CSVLogger(history_path),
+        callbacks_lib.LossScaleGuard(),
+        keras.callbacks.CSVLogger(history_path, append=resume),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard", f"phase{phase}"),
                                     write_graph=False),
         callbacks_lib.EpochSeeds(config.seed), *splits.callbacks, *callbacks]
@@ -279,6 +333,7 @@ def _fit_phase(model, config, splits, run_dir, phase, learning_rate, epochs, ini
                  callbacks=fit_callbacks, verbose=train.verbose, shuffle=False)
     finally:
         callbacks_lib.close_files(fit_callbacks)
+    _save_done_phase(model, run_dir, phase, identity)
     return cls_eval.read_history(history_path)
 
 
@@ -342,8 +397,15 @@ def run(config, callbacks=()):
     recalibrated = recalibrate_batchnorm(features, splits.train) if recalibrate else 0
     features.trainable = False
     params_phase1 = trainable_count(model)
+    identity = {"model": config_lib.to_dict(config.model),
+                "optimizer": base.optimizer_identity(train),
+                "data": {"path": data.path, "batch_size": data.batch_size,
+                         "image_size": data.image_size, "color_mode": data.color_mode,
+                         "classes": list(class_names), "train_samples": splits.train_samples},
+                "compression": config_lib.to_dict(config.compression),
+                "replicas": dist.replicas}
     _fit_phase(model, config, splits, run_dir, 1, train.head_learning_rate, train.head_epochs,
-               0, callbacks if train.epochs else last_phase_callbacks(), dist)
+               0, callbacks if train.epochs else last_phase_callbacks(), dist, identity)
     phase1_loss, phase1_accuracy = model.evaluate(splits.test, verbose=0)
 
     params_phase2 = params_phase1
@@ -351,7 +413,10 @@ def run(config, callbacks=()):
         unfreeze_top(features, train.unfreeze_layers, train.train_batchnorm)
         params_phase2 = trainable_count(model)
         _fit_phase(model, config, splits, run_dir, 2, train.learning_rate, train.epochs,
-                   train.head_epochs, last_phase_callbacks(), dist)
+                   train.head_epochs, last_phase_callbacks(), dist, identity)
+    for phase in (1, 2):  # the run is complete: a rerun starts afresh
+        if os.path.exists(_phase_done_path(run_dir, phase)):
+            os.remove(_phase_done_path(run_dir, phase))
 
     test_loss, _ = model.evaluate(splits.test, verbose=0)
     probabilities = model.predict(test_images, verbose=0)

@@ -149,6 +149,9 @@ class ResumableBackup(keras.callbacks.Callback):
                 "directory, or --force-resume to resume anyway.")
 
     def on_train_begin(self, logs=None):
+        # A model fitted before (fine-tuning phases) keeps the epoch an earlier restore
+        # set; Keras would start this fit there.
+        self.model._initial_epoch = None
         self.check_identity()
         checkpoints = self._checkpoints()
         if not checkpoints:
