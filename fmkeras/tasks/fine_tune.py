@@ -183,11 +183,17 @@ def recalibrate_batchnorm(model, dataset, batches=40, momentum=0.8):
         layer.momentum = momentum
     # keras.applications models take their single input as a one-element list.
     as_list = isinstance(getattr(model, "_inputs_struct", None), (list, tuple))
+    seen = 0
     try:
-        for i, (images, _) in enumerate(dataset):
-            if i >= batches:
+        while seen < batches:  # a small dataset is gone through several times
+            before = seen
+            for images, _ in dataset:
+                model([images] if as_list else images, training=True)
+                seen += 1
+                if seen >= batches:
+                    break
+            if seen == before:  # empty dataset
                 break
-            model([images] if as_list else images, training=True)
     finally:
         for layer, value in zip(layers, saved):
             layer.momentum = value
