@@ -9,6 +9,8 @@ the reader returns a :class:`ReadReport` and warns once with its summary.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import csv
 import dataclasses
 import json
@@ -27,6 +29,28 @@ END_TOKEN = "[end]"
 TEXT_EXTENSIONS = (".txt",)
 _BOM = b"\xef\xbb\xbf"
 _MAX_EXAMPLES = 5  # Examples kept per kind of problem in a report.
+# ``None`` while listing every problem (``--validate-data``).
+_EXAMPLE_LIMIT = contextvars.ContextVar("fmkeras_text_example_limit", default=_MAX_EXAMPLES)
+
+
+@contextlib.contextmanager
+def report_every_problem():
+    """Within this block, reports keep every problem's location, not a few examples.
+
+    Example:
+
+    >>> with report_every_problem():
+    ...     report = ReadReport()
+    ...     for i in range(9):
+    ...         report.add("empty_line", f"x.tsv:{i}")
+    >>> len(report.examples["empty_line"])
+    9
+    """
+    token = _EXAMPLE_LIMIT.set(None)
+    try:
+        yield
+    finally:
+        _EXAMPLE_LIMIT.reset(token)
 
 
 @dataclasses.dataclass
@@ -54,7 +78,8 @@ class ReadReport:
         """Counts one ``problem`` found at ``where`` (``"path:line"``)."""
         self.counts[problem] = self.counts.get(problem, 0) + 1
         kept = self.examples.setdefault(problem, [])
-        if len(kept) < _MAX_EXAMPLES:
+        limit = _EXAMPLE_LIMIT.get()
+        if limit is None or len(kept) < limit:
             kept.append(f"{where}: {detail}" if detail else where)
 
     def summary(self):
@@ -321,6 +346,68 @@ def _read_labelled_table(path, text_column, label_column, max_chars, report):
         texts.append(text)
         labels.append(row[columns[1]].strip())
     return texts, labels
+
+
+def read_text_column(path, text_column="text", max_chars=None, warn=True):
+    """Unlabelled texts: the lines of a ``.txt`` file, or one column of a TSV/CSV file.
+
+    Damaged input is repaired or skipped and counted as in
+    :func:`read_parallel_tsv` (BOM, CRLF, NUL bytes, undecodable bytes,
+    empty lines, over-long texts cut at ``max_chars``).
+
+    Returns:
+        ``(texts, report)``: list of str and a :class:`ReadReport`.
+
+    Example:
+
+    >>> texts, report = read_text_column("data/langid/langid.tsv")
+    >>> len(texts) == report.records > 100
+    True
+    """
+    report = ReadReport()
+    texts = []
+    if path.lower().endswith(".txt"):
+        rows = ((number, [text]) for number, text in _decoded_lines(path, report))
+        column = 0
+    else:
+        rows, column = _rows(path, report), None
+    for number, row in rows:
+        where = f"{path}:{number}"
+        if not any(field.strip() for field in row):
+            report.add("empty_line", where)
+            continue
+        if column is None:
+            header = [field.strip() for field in row]
+            if text_column not in header:
+                raise DataError(f"Expected a header with a {text_column!r} column in {path}. "
+                                f"Received: {header}")
+            column = header.index(text_column)
+            continue
+        if len(row) <= column or not row[column].strip():
+            report.add("missing_field", where, f"expected {text_column}; line skipped")
+            continue
+        text, cut = truncate_text(row[column].strip(), max_chars)
+        if cut:
+            report.add("truncated", where, f"cut to {max_chars} characters")
+        texts.append(text)
+    report.records = len(texts)
+    if warn:
+        report.warn()
+    return texts, report
+
+
+def report_problems(report):
+    """``(location, problem)`` pairs of a :class:`ReadReport`, for ``--validate-data``.
+
+    Example:
+
+    >>> report = ReadReport()
+    >>> report.add("empty_line", "a.tsv:3")
+    >>> report_problems(report)
+    [('a.tsv:3', 'empty_line')]
+    """
+    return [(where, problem) for problem, places in sorted(report.examples.items())
+            for where in places]
 
 
 def _read_text_folder(root, max_chars, report):

@@ -347,6 +347,16 @@ def _prefixed(prefix, values):
     return {f"{prefix}_{key}": value for key, value in values.items()}
 
 
+def validate_data(config):
+    """Every image the run would skip in ``data.path`` (``--validate-data``).
+
+    The same checks as :func:`fmkeras.tasks.image_classification.validate_data`.
+    """
+    from fmkeras.tasks import image_classification
+
+    return image_classification.validate_data(config)
+
+
 def run(config, callbacks=()):
     """Train a head on a frozen backbone, fine-tune its top, evaluate and export.
 

@@ -335,6 +335,16 @@ def score(real, fake, extractor):
     return metrics
 
 
+def validate_data(config):
+    """Every image the run would skip in ``data.path`` (``--validate-data``).
+
+    The same checks as :func:`fmkeras.tasks.image_classification.validate_data`.
+    """
+    from fmkeras.tasks import image_classification
+
+    return image_classification.validate_data(config)
+
+
 def run(config, callbacks=()):
     """Train, score and export a DCGAN as configured.
 

@@ -41,6 +41,7 @@ class MLMDataConfig:
     batch_size: int = 64
     validation_split: float = 0.1
     mask_rate: float = 0.15
+    max_chars: int | None = 500
 
 
 @dataclasses.dataclass
@@ -90,6 +91,9 @@ class PretrainMLMConfig:
 def read_texts(data_config):
     """The texts of ``data.path``: a ``.txt`` file (one a line) or a TSV/CSV column.
 
+    Damaged lines are repaired or skipped and counted (see
+    :func:`fmkeras.data.text.read_text_column`).
+
     Example:
 
     >>> len(read_texts(MLMDataConfig())) > 100
@@ -99,22 +103,29 @@ def read_texts(data_config):
     if not os.path.isfile(path):
         raise DataError(f"Text file not found. Expected a .txt, .tsv or .csv file. "
                         f"Received: data.path={path!r}")
-    if path.endswith(".txt"):
-        with open(path, encoding="utf-8", errors="replace") as f:
-            texts = [line.strip() for line in f if line.strip()]
-    else:
-        import csv
-
-        with open(path, newline="", encoding="utf-8", errors="replace") as f:
-            reader = csv.DictReader(f, delimiter="," if path.endswith(".csv") else "\t")
-            if data_config.text_column not in (reader.fieldnames or []):
-                raise DataError(f"Expected a {data_config.text_column!r} column in {path!r}. "
-                                f"Received columns: {reader.fieldnames}")
-            texts = [row[data_config.text_column] for row in reader
-                     if row.get(data_config.text_column)]
+    texts, _ = text_data.read_text_column(path, data_config.text_column,
+                                          max_chars=data_config.max_chars)
     if len(texts) < 2:
         raise DataError(f"Expected at least 2 texts in {path!r}. Received: {len(texts)}")
     return texts
+
+
+def validate_data(config):
+    """Every problem the run would repair or skip in ``data.path`` (``--validate-data``).
+
+    Example:
+
+    >>> validate_data(PretrainMLMConfig())
+    []
+    """
+    path = config.data.path
+    if not os.path.isfile(path):
+        raise DataError(f"Text file not found. Expected a .txt, .tsv or .csv file. "
+                        f"Received: data.path={path!r}")
+    with text_data.report_every_problem():
+        _, report = text_data.read_text_column(path, config.data.text_column,
+                                               max_chars=config.data.max_chars, warn=False)
+    return text_data.report_problems(report)
 
 
 def _dataset(ids, config, mask_id, vocab_size, shuffle, seed_offset, batch_size):

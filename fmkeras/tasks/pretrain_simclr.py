@@ -115,6 +115,16 @@ def _check_config(config):
                           f"Received: {config.data.batch_size}")
 
 
+def validate_data(config):
+    """Every image the run would skip in ``data.path`` (``--validate-data``).
+
+    The same checks as :func:`fmkeras.tasks.image_classification.validate_data`.
+    """
+    from fmkeras.tasks import image_classification
+
+    return image_classification.validate_data(config)
+
+
 def run(config, callbacks=()):
     """Pretrain an encoder with SimCLR and save it as ``<run_dir>/encoder.keras``.
 

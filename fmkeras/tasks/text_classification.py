@@ -161,6 +161,24 @@ def load_texts(config):
     return splits, texts.class_names, texts.report
 
 
+def validate_data(config):
+    """Every problem the run would repair or skip in ``data.path`` (``--validate-data``).
+
+    Example:
+
+    >>> validate_data(TextClassificationConfig())
+    []
+    """
+    data = config.data
+    if not os.path.exists(data.path):
+        raise DataError("Text classification data not found. Expected a TSV/CSV file or a "
+                        f"folder of label folders. Received: data.path={data.path!r}")
+    with text_data.report_every_problem():
+        texts = text_data.read_labelled_text(data.path, data.text_column, data.label_column,
+                                             max_chars=data.max_chars, warn=False)
+    return text_data.report_problems(texts.report)
+
+
 def _check_config(config):
     check_train_config(config.train)
     if config.model.name not in MODEL_NAMES:

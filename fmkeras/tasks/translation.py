@@ -241,6 +241,23 @@ def corpus_scores(hypotheses, references):
     return {"bleu": float(bleu.score), "chrf": float(chrf.score)}
 
 
+def validate_data(config):
+    """Every problem the run would repair or skip in ``data.path`` (``--validate-data``).
+
+    Example:
+
+    >>> [problem for _, problem in validate_data(TranslationConfig())]
+    []
+    """
+    data = config.data
+    if not os.path.isfile(data.path):
+        raise DataError("Translation corpus not found. Expected a TSV file of "
+                        f"source<TAB>target lines. Received: data.path={data.path!r}")
+    with text_data.report_every_problem():
+        corpus = text_data.read_parallel_tsv(data.path, max_chars=data.max_chars, warn=False)
+    return text_data.report_problems(corpus.report)
+
+
 def _check_config(config):
     check_train_config(config.train)
     data, decode = config.data, config.decode
