@@ -11,6 +11,7 @@ from fmkeras.models.transformer import (
     PositionalEmbedding,
     TransformerDecoderBlock,
     TransformerEncoderBlock,
+    cross_attention_weights,
     transformer_classifier,
     transformer_seq2seq,
 )
@@ -83,6 +84,43 @@ def test_blocks_apply_explicit_masks():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(full)[:, :5],
                                keras.ops.convert_to_numpy(decoder(x[:, :5], memory[:, :5])),
                                atol=1e-5)
+
+
+def test_decoder_block_returns_cross_attention_scores_on_request():
+    keras.utils.set_random_seed(5)
+    x, memory = keras.random.normal((2, 5, D_MODEL)), keras.random.normal((2, 6, D_MODEL))
+    mask = np.arange(6)[None, :].repeat(2, 0) < 4
+    decoder = TransformerDecoderBlock(HEADS, FF)
+    plain = decoder(x, memory, encoder_sequence_mask=mask)
+    outputs, scores = decoder(x, memory, encoder_sequence_mask=mask,
+                              return_attention_scores=True)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(outputs),
+                               keras.ops.convert_to_numpy(plain), atol=1e-6)
+    scores = keras.ops.convert_to_numpy(scores)
+    assert scores.shape == (2, HEADS, 5, 6)
+    np.testing.assert_allclose(scores.sum(-1), 1.0, atol=1e-5)
+    assert np.abs(scores[..., 4:]).max() == 0.0  # masked encoder positions
+
+
+def test_cross_attention_weights():
+    keras.utils.set_random_seed(6)
+    model = seq2seq(num_decoder_layers=2)
+    source, target = token_ids(padded_from=5), token_ids(seed=7, length=6, padded_from=4)
+    weights = cross_attention_weights(model, source, target)
+    assert weights.shape == (2, HEADS, 6, LENGTH) and weights.dtype == np.float32
+    np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
+    assert np.abs(weights[..., 5:]).max() == 0.0  # padded source positions
+    # Source padding does not move the weights on the real tokens.
+    np.testing.assert_allclose(cross_attention_weights(model, source[:, :5], target),
+                               weights[..., :5], atol=1e-5)
+    first = cross_attention_weights(model, source, target, block=0)
+    assert first.shape == weights.shape and not np.allclose(first, weights)
+    # The model keeps its single output.
+    assert len(model.outputs) == 1
+    with pytest.raises(ValueError, match="decoder blocks"):
+        cross_attention_weights(model, source, target, block=2)
+    with pytest.raises(ValueError, match="TransformerDecoderBlock"):
+        cross_attention_weights(classifier(), source, target)
 
 
 @pytest.mark.parametrize("pooling", ["cls", "mean"])

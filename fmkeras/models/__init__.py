@@ -23,6 +23,7 @@ from fmkeras.models.transformer import (
     PositionalEmbedding,
     TransformerDecoderBlock,
     TransformerEncoderBlock,
+    cross_attention_weights,
     transformer_classifier,
     transformer_seq2seq,
 )
@@ -31,7 +32,8 @@ __all__ = [
     "BACKBONE_NAMES", "PixelPreprocessing", "SimCLR", "backbone", "image_classifier",
     "mask_tokens", "mlm_model", "nt_xent_loss",
     "GAN", "ClassToken", "FirstToken", "PositionalEmbedding", "TransformerDecoderBlock",
-    "TransformerEncoderBlock", "beam_search", "dcgan_discriminator", "dcgan_generator",
+    "TransformerEncoderBlock", "beam_search", "cross_attention_weights", "dcgan_discriminator",
+    "dcgan_generator",
     "greedy_search", "gru_classifier", "lstm_classifier", "mlp", "resnet", "simple_cnn",
     "transformer_classifier", "transformer_seq2seq",
 ]

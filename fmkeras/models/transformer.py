@@ -210,6 +210,9 @@ class TransformerDecoderBlock(_TransformerBlock):
     Position ``i`` attends only to decoder positions ``<= i`` that are not
     padding, and to encoder positions that are not padding. Call it as
     ``block(decoder_sequence, encoder_sequence)``; Keras passes both masks.
+    ``block(..., return_attention_scores=True)`` returns ``(outputs,
+    cross_attention_scores)``, the scores shaped ``(batch, num_heads,
+    decoder_length, encoder_length)`` (see :func:`cross_attention_weights`).
 
     Args:
         num_heads: int. Attention heads; must divide the input width.
@@ -238,7 +241,7 @@ class TransformerDecoderBlock(_TransformerBlock):
         self.built = True
 
     def call(self, decoder_sequence, encoder_sequence, decoder_sequence_mask=None,
-             encoder_sequence_mask=None, training=None):
+             encoder_sequence_mask=None, training=None, return_attention_scores=False):
         length = ops.shape(decoder_sequence)[1]
         y = self.self_attention(
             decoder_sequence, decoder_sequence, use_causal_mask=True,
@@ -246,15 +249,68 @@ class TransformerDecoderBlock(_TransformerBlock):
         x = self.self_norm(decoder_sequence + self.self_dropout(y, training=training))
         y = self.cross_attention(
             x, encoder_sequence, attention_mask=_padding_mask(length, encoder_sequence_mask),
-            training=training)
+            training=training, return_attention_scores=return_attention_scores)
+        if return_attention_scores:
+            y, scores = y
         x = self.cross_norm(x + self.cross_dropout(y, training=training))
-        return self._feed_forward(x, training)
+        outputs = self._feed_forward(x, training)
+        return (outputs, scores) if return_attention_scores else outputs
 
     def compute_mask(self, decoder_sequence, previous_mask=None):
         return previous_mask
 
     def compute_output_shape(self, decoder_sequence_shape, encoder_sequence_shape=None):
         return decoder_sequence_shape
+
+
+def cross_attention_weights(model, source_ids, target_ids, block=-1):
+    """Where each decoder position of a seq2seq Transformer looks in the source.
+
+    Runs ``model`` (a :func:`transformer_seq2seq` model) up to one decoder
+    block, then that block with ``return_attention_scores=True``, in
+    inference mode. Row ``i`` of the result is the block's cross-attention
+    from decoder input position ``i`` (the ``[start]`` token, then the
+    tokens produced so far), i.e. while predicting output token ``i``, over
+    the source positions. Padded source positions get weight 0.
+
+    Args:
+        model: keras.Model. Built by :func:`transformer_seq2seq`.
+        source_ids: int array ``(batch, source_length)``. Source ids, 0 for padding.
+        target_ids: int array ``(batch, target_length)``. Decoder inputs:
+            the start id followed by target ids, 0 for padding.
+        block: int. Index of the decoder block, ``-1`` (the last) by default.
+
+    Returns:
+        float32 np.ndarray ``(batch, num_heads, target_length,
+        source_length)``; each row over non-padded source positions sums to 1.
+
+    Example:
+
+    >>> model = transformer_seq2seq(50, 60, sequence_length=8, d_model=16, num_heads=2,
+    ...                             ff_dim=32, num_encoder_layers=1, num_decoder_layers=1)
+    >>> ids = keras.ops.ones((2, 8), "int32")
+    >>> cross_attention_weights(model, ids, ids[:, :5]).shape
+    (2, 2, 5, 8)
+    """
+    blocks = [layer for layer in model.layers if isinstance(layer, TransformerDecoderBlock)]
+    if not blocks:
+        raise ValueError("Expected a model with TransformerDecoderBlock layers, e.g. from "
+                         f"transformer_seq2seq. Received: model {model.name!r} without any")
+    if not isinstance(block, int) or not -len(blocks) <= block < len(blocks):
+        raise ValueError(f"Expected `block` to index one of the model's {len(blocks)} decoder "
+                         f"blocks. Received: block={block!r}")
+    layer = blocks[block]
+    # The block's two inputs (decoder and encoder sequences) as a sub-model.
+    block_inputs = keras.Model(model.input, list(layer.input), name=f"{layer.name}_inputs")
+    source_ids = ops.cast(ops.convert_to_tensor(source_ids), "int32")
+    target_ids = ops.cast(ops.convert_to_tensor(target_ids), "int32")
+    decoder_sequence, encoder_sequence = block_inputs(
+        {"encoder_inputs": source_ids, "decoder_inputs": target_ids}, training=False)
+    _, scores = layer(decoder_sequence, encoder_sequence,
+                      decoder_sequence_mask=ops.not_equal(target_ids, 0),
+                      encoder_sequence_mask=ops.not_equal(source_ids, 0), training=False,
+                      return_attention_scores=True)
+    return ops.convert_to_numpy(ops.cast(scores, "float32"))
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
