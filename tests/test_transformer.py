@@ -262,3 +262,15 @@ def test_classifiers_reject_bad_arguments():
         lstm_classifier(0, 3)
     with pytest.raises(ValueError, match="at most sequence_length=8.*Received"):
         PositionalEmbedding(VOCAB, LENGTH, D_MODEL)(np.ones((1, LENGTH + 1), "int32"))
+
+
+def test_source_padding_does_not_change_a_two_block_decoder():
+    # Every decoder block must see the source padding mask, not only the first one.
+    keras.utils.set_random_seed(0)
+    model = transformer_seq2seq(30, 30, 10, d_model=16, num_heads=2, ff_dim=16,
+                                num_encoder_layers=1, num_decoder_layers=2, dropout=0.0)
+    target = np.array([[1, 5, 6, 7]], "int32")
+    short = model({"encoder_inputs": np.array([[3, 4, 5]], "int32"), "decoder_inputs": target})
+    padded = model({"encoder_inputs": np.array([[3, 4, 5, 0, 0, 0]], "int32"),
+                    "decoder_inputs": target})
+    np.testing.assert_allclose(np.asarray(short), np.asarray(padded), atol=1e-5)

@@ -247,8 +247,12 @@ class TransformerDecoderBlock(_TransformerBlock):
             decoder_sequence, decoder_sequence, use_causal_mask=True,
             attention_mask=_padding_mask(length, decoder_sequence_mask), training=training)
         x = self.self_norm(decoder_sequence + self.self_dropout(y, training=training))
+        # MultiHeadAttention deletes the Keras mask of the tensors it is given; the encoder
+        # output is shared by every decoder block, so give it a copy and keep the mask
+        # for the next block.
+        memory = ops.copy(encoder_sequence)
         y = self.cross_attention(
-            x, encoder_sequence, attention_mask=_padding_mask(length, encoder_sequence_mask),
+            x, memory, attention_mask=_padding_mask(length, encoder_sequence_mask),
             training=training, return_attention_scores=return_attention_scores)
         if return_attention_scores:
             y, scores = y
