@@ -249,3 +249,19 @@ def test_audit_flags_an_affected_floor_and_installed_version():
     found = audit.problems(advisories, {"keras": Version("3.8.0")}, {"keras": Version("3.1.0")})
     assert len(found) == 2 and all("CVE-X" in line for line in found)
     assert "floor for keras is 3.8.0" in found[0] and "installed keras 3.1.0" in found[1]
+
+
+def test_every_model_load_goes_through_the_safe_loader():
+    # Only fmkeras/saving.py may call Keras' loaders; everything else uses saving.load_model.
+    import re
+
+    direct = re.compile(r"keras\.(saving|models)\.load_model\(")
+    offenders = []
+    for folder, _, files in os.walk(os.path.join(REPO, "fmkeras")):
+        for name in files:
+            path = os.path.join(folder, name)
+            if name.endswith(".py") and not path.endswith(os.path.join("fmkeras", "saving.py")):
+                with open(path, encoding="utf-8") as f:
+                    offenders += [f"{path}:{i}" for i, line in enumerate(f, 1)
+                                  if direct.search(line)]
+    assert offenders == []
