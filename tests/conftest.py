@@ -25,12 +25,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+SESSION_POLICY = keras.mixed_precision.global_policy().name
+
+
 @pytest.fixture(autouse=True)
 def _restore_dtype_policy():
-    """Tests may change the global policy; never leak it into the next test."""
-    policy = keras.mixed_precision.global_policy().name
+    """Tests may change the global policy; never leak it into the next test.
+
+    Module-scoped fixtures that run a task (which sets its precision policy)
+    are set up before this fixture, so each test starts from the session's
+    policy and ends by going back to it.
+    """
+    keras.mixed_precision.set_global_policy(SESSION_POLICY)
     yield
-    keras.mixed_precision.set_global_policy(policy)
+    keras.mixed_precision.set_global_policy(SESSION_POLICY)
 
 
 def write_image_folder(root, classes=("a", "b"), per_class=4, size=(12, 10), mode="RGB",
