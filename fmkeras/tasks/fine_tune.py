@@ -43,7 +43,12 @@ from fmkeras.errors import ConfigError
 from fmkeras.evaluation import classification as cls_eval
 from fmkeras.models import backbones
 from fmkeras.tasks import base, transfer
-from fmkeras.tasks.image_classification import ExportConfig, ImageDataConfig, make_datasets
+from fmkeras.tasks.image_classification import (
+    ExportConfig,
+    ImageDataConfig,
+    make_datasets,
+    validate_data,  # noqa: F401 - same image folders, same checks (--validate-data)
+)
 from fmkeras.training import callbacks as callbacks_lib
 from fmkeras.training import checkpoints as checkpoints_lib
 from fmkeras.training import compression as compression_lib
@@ -345,16 +350,6 @@ def _fit_phase(model, config, splits, run_dir, phase, learning_rate, epochs, ini
 
 def _prefixed(prefix, values):
     return {f"{prefix}_{key}": value for key, value in values.items()}
-
-
-def validate_data(config):
-    """Every image the run would skip in ``data.path`` (``--validate-data``).
-
-    The same checks as :func:`fmkeras.tasks.image_classification.validate_data`.
-    """
-    from fmkeras.tasks import image_classification
-
-    return image_classification.validate_data(config)
 
 
 def run(config, callbacks=()):

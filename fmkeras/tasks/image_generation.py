@@ -26,6 +26,9 @@ from fmkeras.evaluation import generation
 from fmkeras.models.dcgan import SUPPORTED_SIZES
 from fmkeras.models.gan import GAN
 from fmkeras.tasks import base
+
+# Same image folders, same checks: the --validate-data entry point.
+from fmkeras.tasks.image_classification import validate_data  # noqa: F401
 from fmkeras.training import callbacks as callbacks_lib
 from fmkeras.training import distribute, gan_callbacks
 from fmkeras.training import precision as precision_lib
@@ -333,16 +336,6 @@ def score(real, fake, extractor):
         is_mean, is_std = generation.inception_score(fake_probs, splits=min(10, len(fake_probs)))
         metrics.update(inception_score=is_mean, inception_score_std=is_std)
     return metrics
-
-
-def validate_data(config):
-    """Every image the run would skip in ``data.path`` (``--validate-data``).
-
-    The same checks as :func:`fmkeras.tasks.image_classification.validate_data`.
-    """
-    from fmkeras.tasks import image_classification
-
-    return image_classification.validate_data(config)
 
 
 def run(config, callbacks=()):

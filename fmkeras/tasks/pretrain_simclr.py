@@ -22,7 +22,11 @@ from fmkeras.evaluation import classification as cls_eval
 from fmkeras.models.simclr import DEFAULT_AUGMENTATION, SimCLR
 from fmkeras.tasks import base
 from fmkeras.tasks.fine_tune import FineTuneDataConfig, build_backbone
-from fmkeras.tasks.image_classification import AugmentConfig, make_datasets
+from fmkeras.tasks.image_classification import (
+    AugmentConfig,
+    make_datasets,
+    validate_data,  # noqa: F401 - same image folders, same checks (--validate-data)
+)
 from fmkeras.training import callbacks as callbacks_lib
 from fmkeras.training import distribute, optimizers
 from fmkeras.training import precision as precision_lib
@@ -113,16 +117,6 @@ def _check_config(config):
     if config.data.batch_size < 2:
         raise ConfigError(f"Expected data.batch_size >= 2 (views need negatives). "
                           f"Received: {config.data.batch_size}")
-
-
-def validate_data(config):
-    """Every image the run would skip in ``data.path`` (``--validate-data``).
-
-    The same checks as :func:`fmkeras.tasks.image_classification.validate_data`.
-    """
-    from fmkeras.tasks import image_classification
-
-    return image_classification.validate_data(config)
 
 
 def run(config, callbacks=()):
