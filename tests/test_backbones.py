@@ -99,3 +99,58 @@ def test_classifier_rejects_bad_arguments():
         backbones.image_classifier(features, 0)
     with pytest.raises(ValueError, match="Received: pooling='sum'"):
         backbones.image_classifier(features, 2, pooling="sum")
+
+
+def test_cifar_resnet_backbone_is_the_resnet_trunk_and_loads_local_weights(tmp_path):
+    from fmkeras.models import cnn
+
+    model = backbones.backbone("CIFAR-ResNet8", (16, 16, 3))
+    assert model.name == "cifar_resnet8"
+    assert model.output_shape == (None, 4, 4, 64)
+    full = cnn.resnet((16, 16, 3), num_classes=10, depth=8)
+    head = 64 * 10 + 10
+    assert model.count_params() == full.count_params() - head
+    path = str(tmp_path / "trunk.weights.h5")
+    model.save_weights(path)
+    loaded = backbones.backbone("cifar_resnet8", (16, 16, 3), weights=path)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3)).astype("float32")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_cifar_resnet_backbone_rejects_imagenet_and_foreign_arguments():
+    with pytest.raises(ValueError, match="no ImageNet weights.*Received: weights='imagenet'"):
+        backbones.backbone("cifar_resnet8", (16, 16, 3), weights="imagenet")
+    with pytest.raises(ValueError, match=r"only \['base_filters'\] as extra arguments. "
+                                         r"Received: \['alpha'\]"):
+        backbones.backbone("cifar_resnet8", (16, 16, 3), alpha=0.35)
+
+
+def test_simple_cnn_backbone_is_simple_cnns_conv_stages():
+    from fmkeras.models import cnn
+
+    model = backbones.backbone("simple_cnn", (16, 16, 1), filters=(8, 16))
+    assert model.output_shape == (None, 4, 4, 16)
+    full = cnn.simple_cnn((16, 16, 1), 10, filters=(8, 16), dense_units=0, dropout=0.0)
+    assert model.count_params() == full.count_params() - (4 * 4 * 16 * 10 + 10)
+    with pytest.raises(ValueError, match="at least 8"):
+        backbones.backbone("simple_cnn", (4, 4, 1))
+
+
+@pytest.mark.parametrize("pooling, hidden, features", [("avg", 0, 16), ("max", 0, 16),
+                                                       ("flatten", 0, 256), ("flatten", 32, 32)])
+def test_image_classifier_pooling_and_hidden_layer(pooling, hidden, features):
+    trunk = backbones.backbone("simple_cnn", (16, 16, 1), filters=(8, 16))
+    model = backbones.image_classifier(trunk, 3, dropout=0.1, pooling=pooling,
+                                       hidden_units=hidden)
+    assert model.output_shape == (None, 3)
+    assert model.get_layer("predictions").kernel.shape == (features, 3)
+    assert model.count_params() == trunk.count_params() + sum(
+        int(np.prod(w.shape)) for layer in model.layers if layer is not trunk
+        for w in layer.weights)
+
+
+def test_image_classifier_rejects_unknown_pooling():
+    trunk = backbones.backbone("simple_cnn", (16, 16, 1), filters=(8, 16))
+    with pytest.raises(ValueError, match="'avg', 'max' or 'flatten'. Received: pooling='sum'"):
+        backbones.image_classifier(trunk, 3, pooling="sum")

@@ -17,6 +17,7 @@ import keras
 from keras import ops
 
 from fmkeras.errors import ConfigError
+from fmkeras.models import cnn
 
 # How each family's ``preprocess_input`` maps [0, 255] pixels (keras.applications'
 # imagenet_utils modes). EfficientNet and ConvNeXt normalise inside the network.
@@ -36,7 +37,16 @@ _BACKBONES = {
     "efficientnet_v2_b0": ("EfficientNetV2B0", "none"),
     "convnext_tiny": ("ConvNeXtTiny", "none"),
 }
-BACKBONE_NAMES = tuple(_BACKBONES)
+# fmkeras' own trunks (random initialisation or a local weights file): the conv
+# stages of simple_cnn and of the CIFAR-style ResNets, small enough to pretrain
+# with SimCLR on a CPU. name -> (builder of the stages, its keyword defaults)
+_NATIVE = {
+    "simple_cnn": (cnn.apply_conv_stages, {"filters": (32, 64, 128)}),
+    "cifar_resnet8": (cnn.apply_resnet_stages, {"depth": 8, "base_filters": 16}),
+    "cifar_resnet14": (cnn.apply_resnet_stages, {"depth": 14, "base_filters": 16}),
+    "cifar_resnet20": (cnn.apply_resnet_stages, {"depth": 20, "base_filters": 16}),
+}
+BACKBONE_NAMES = (*_BACKBONES, *_NATIVE)
 
 
 @keras.saving.register_keras_serializable(package="fmkeras")
@@ -94,7 +104,7 @@ def canonical_name(name):
     ('mobilenet_v2', 'efficientnet_b0')
     """
     key = str(name).lower().replace("-", "").replace("_", "")
-    for canonical in _BACKBONES:
+    for canonical in BACKBONE_NAMES:
         if canonical.replace("_", "") == key:
             return canonical
     raise ConfigError(f"Unknown backbone. Expected one of {list(BACKBONE_NAMES)}. "
@@ -104,10 +114,17 @@ def canonical_name(name):
 def backbone(name, input_shape, weights=None, skip_mismatch=False, **kwargs):
     """A headless ``keras.applications`` network that takes ``[0, 255]`` pixels.
 
+    Besides the ``keras.applications`` families, ``"simple_cnn"`` (the
+    conv-pool stages of :func:`fmkeras.models.simple_cnn`, ``filters`` as
+    keyword) and ``"cifar_resnet8"``, ``"cifar_resnet14"`` and
+    ``"cifar_resnet20"`` (the stages of :func:`fmkeras.models.resnet`,
+    ``base_filters`` as keyword) are small encoders to pretrain on a CPU,
+    e.g. with SimCLR. They have no ImageNet weights.
+
     Args:
         name: str. One of :data:`BACKBONE_NAMES` (case-insensitive, ``_``
             optional): ``"resnet50"``, ``"mobilenet_v2"``,
-            ``"efficientnet_b0"``, ``"convnext_tiny"``, ...
+            ``"efficientnet_b0"``, ``"convnext_tiny"``, ``"cifar_resnet8"``, ...
         input_shape: ``(height, width, channels)``. ImageNet weights need 3
             channels.
         weights: ``"imagenet"`` (downloaded by Keras, needs the network),
@@ -131,17 +148,37 @@ def backbone(name, input_shape, weights=None, skip_mismatch=False, **kwargs):
     (None, 1, 1, 1280)
     """
     canonical = canonical_name(name)
-    constructor, mode = _BACKBONES[canonical]
     is_file = weights not in (None, "imagenet")
     if is_file and not os.path.isfile(str(weights)):
         raise ConfigError(f"Backbone weights file not found. Expected 'imagenet', None or an "
                           f"existing weights file. Received: weights={weights!r}")
     inputs = keras.Input(tuple(input_shape), name="pixels")
+    if canonical in _NATIVE:
+        return _native_backbone(canonical, inputs, weights, skip_mismatch, **kwargs)
+    constructor, mode = _BACKBONES[canonical]
     x = PixelPreprocessing(mode, name="preprocess")(inputs) if mode != "none" else inputs
     model = getattr(keras.applications, constructor)(
         include_top=False, weights=None if is_file else weights, input_tensor=x,
         input_shape=tuple(input_shape), name=canonical, **kwargs)
     if is_file:
+        load_backbone_weights(model, str(weights), skip_mismatch)
+    return model
+
+
+def _native_backbone(name, inputs, weights, skip_mismatch, **kwargs):
+    builder, defaults = _NATIVE[name]
+    allowed = sorted(set(defaults) - {"depth"})  # the name fixes a ResNet's depth
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{name} takes only {allowed} as extra arguments. "
+                          f"Received: {unknown}")
+    if weights == "imagenet":
+        raise ConfigError(f"{name} has no ImageNet weights. Expected weights=None or a local "
+                          f"weights file. Received: weights='imagenet'")
+    x = PixelPreprocessing("tf", name="preprocess")(inputs)
+    x = builder(x, **{**defaults, **kwargs})
+    model = keras.Model(inputs, x, name=name)
+    if weights is not None:
         load_backbone_weights(model, str(weights), skip_mismatch)
     return model
 
@@ -187,9 +224,9 @@ def load_backbone_weights(model, path, skip_mismatch=False):
                       f"they do not match {path!r}.", UserWarning, stacklevel=2)
 
 
-def image_classifier(backbone_model, num_classes, dropout=0.2, pooling="avg",
+def image_classifier(backbone_model, num_classes, dropout=0.2, pooling="avg", hidden_units=0,
                      name="image_classifier"):
-    """Pooling, dropout and a float32 softmax on a backbone (uncompiled).
+    """Pooling, an optional hidden layer, dropout and a float32 softmax on a backbone.
 
     The backbone is called with ``training=False``: its batch normalisation
     stays in inference mode whether it is frozen or fine-tuned, the usual
@@ -201,7 +238,11 @@ def image_classifier(backbone_model, num_classes, dropout=0.2, pooling="avg",
             from :func:`backbone` or a SimCLR encoder.
         num_classes: int. Output classes.
         dropout: float. Dropout rate before the dense head.
-        pooling: str. ``"avg"`` or ``"max"`` global pooling.
+        pooling: str. ``"avg"`` or ``"max"`` global pooling, or
+            ``"flatten"`` (keeps the positions, as :func:`simple_cnn` does).
+        hidden_units: int. Width of a ReLU ``Dense`` layer before the
+            dropout (0: none). ``pooling="flatten"``, ``hidden_units=128``
+            on the ``"simple_cnn"`` backbone rebuilds :func:`simple_cnn`.
         name: str. Model name.
 
     Returns:
@@ -217,14 +258,19 @@ def image_classifier(backbone_model, num_classes, dropout=0.2, pooling="avg",
     """
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"Expected a positive integer. Received: num_classes={num_classes!r}")
-    if pooling not in ("avg", "max"):
-        raise ValueError(f"Expected pooling 'avg' or 'max'. Received: pooling={pooling!r}")
+    if pooling not in ("avg", "max", "flatten"):
+        raise ValueError(f"Expected pooling 'avg', 'max' or 'flatten'. "
+                         f"Received: pooling={pooling!r}")
+    if not isinstance(hidden_units, int) or hidden_units < 0:
+        raise ValueError(f"Expected hidden_units >= 0. Received: hidden_units={hidden_units!r}")
     inputs = keras.Input(backbone_model.input_shape[1:], name="images")
     x = backbone_model(inputs, training=False)
     if len(x.shape) == 4:
-        pool = (keras.layers.GlobalAveragePooling2D if pooling == "avg"
-                else keras.layers.GlobalMaxPooling2D)
-        x = pool(name="pool")(x)
+        pool = {"avg": keras.layers.GlobalAveragePooling2D,
+                "max": keras.layers.GlobalMaxPooling2D, "flatten": keras.layers.Flatten}
+        x = pool[pooling](name="pool")(x)
+    if hidden_units:
+        x = keras.layers.Dense(hidden_units, activation="relu", name="hidden")(x)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
                                  name="predictions")(x)

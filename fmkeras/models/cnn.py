@@ -21,6 +21,40 @@ def _head(x, num_classes, activation, dtype, name="predictions"):
     return layers.Activation(activation, dtype="float32", name=name)(x)
 
 
+def apply_conv_stages(x, filters=(32, 64, 128), kernel_size=3, dtype=None):
+    """The conv-pool stages of :func:`simple_cnn` (no flatten, no head).
+
+    Args:
+        x: input tensor ``[batch, height, width, channels]``.
+        filters: tuple of int. Filters of each ``Conv2D`` + ``MaxPooling2D`` stage.
+        kernel_size: int. Convolution kernel size.
+        dtype: dtype policy for every layer.
+
+    Returns:
+        The feature map, halved in size once per stage.
+
+    Example:
+
+    >>> x = apply_conv_stages(keras.Input((16, 16, 1)))
+    >>> tuple(x.shape)
+    (None, 2, 2, 128)
+    """
+    filters = tuple(filters)
+    for f in filters:
+        check_positive_int("filters", f)
+    min_side = 2 ** len(filters)
+    if min(x.shape[1:3]) < min_side:
+        raise ValueError(
+            f"simple_cnn halves the image {len(filters)} times, so height and width "
+            f"must be at least {min_side}. Received: input_shape={tuple(x.shape[1:])}, "
+            f"filters={filters}")
+    for i, f in enumerate(filters, start=1):
+        x = layers.Conv2D(f, kernel_size, padding="same", activation="relu",
+                          dtype=dtype, name=f"conv{i}")(x)
+        x = layers.MaxPooling2D(2, dtype=dtype, name=f"pool{i}")(x)
+    return x
+
+
 def simple_cnn(input_shape, num_classes, filters=(32, 64, 128), dense_units=128,
                dropout=0.5, kernel_size=3, activation="softmax", dtype=None,
                name="simple_cnn"):
@@ -52,22 +86,9 @@ def simple_cnn(input_shape, num_classes, filters=(32, 64, 128), dense_units=128,
     (None, 10)
     """
     input_shape = check_input_shape(input_shape, rank=3)
-    filters = tuple(filters)
-    for f in filters:
-        check_positive_int("filters", f)
     check_rate("dropout", dropout)
-    min_side = 2 ** len(filters)
-    if min(input_shape[:2]) < min_side:
-        raise ValueError(
-            f"simple_cnn halves the image {len(filters)} times, so height and width "
-            f"must be at least {min_side}. Received: input_shape={input_shape}, "
-            f"filters={filters}")
     inputs = keras.Input(shape=input_shape, name="images")
-    x = inputs
-    for i, f in enumerate(filters, start=1):
-        x = layers.Conv2D(f, kernel_size, padding="same", activation="relu",
-                          dtype=dtype, name=f"conv{i}")(x)
-        x = layers.MaxPooling2D(2, dtype=dtype, name=f"pool{i}")(x)
+    x = apply_conv_stages(inputs, filters, kernel_size, dtype)
     x = layers.Flatten(dtype=dtype, name="flatten")(x)
     if dense_units:
         x = layers.Dense(dense_units, activation="relu", dtype=dtype, name="dense")(x)
@@ -110,6 +131,42 @@ def apply_basic_block(x, filters, strides, dtype, name):
     return layers.Activation("relu", dtype=dtype, name=f"{name}_out")(y)
 
 
+def apply_resnet_stages(x, depth=20, base_filters=16, dtype=None):
+    """The stem and three residual stages of :func:`resnet` (no pooling, no head).
+
+    Args:
+        x: input tensor ``[batch, height, width, channels]``.
+        depth: int. ``6n + 2`` (8, 14, 20, 32, ...).
+        base_filters: int. Channels of the first stage.
+        dtype: dtype policy for every layer.
+
+    Returns:
+        The feature map, ``4 * base_filters`` channels at a quarter of the size.
+
+    Example:
+
+    >>> x = apply_resnet_stages(keras.Input((16, 16, 1)), depth=8)
+    >>> tuple(x.shape)
+    (None, 4, 4, 64)
+    """
+    check_positive_int("base_filters", base_filters)
+    if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
+        raise ValueError(
+            f"Expected depth = 6n + 2 with n >= 1 (8, 14, 20, 32, ...). Received: depth={depth!r}")
+    if min(x.shape[1:3]) < 4:
+        raise ValueError(
+            f"resnet halves the image twice, so height and width must be at least 4. "
+            f"Received: input_shape={tuple(x.shape[1:])}")
+    blocks = (depth - 2) // 6
+    x = _conv_bn(x, base_filters, 1, dtype, "stem")
+    for stage in range(3):
+        filters = base_filters * 2 ** stage
+        for block in range(blocks):
+            strides = 2 if stage > 0 and block == 0 else 1
+            x = apply_basic_block(x, filters, strides, dtype, f"stage{stage + 1}_block{block + 1}")
+    return x
+
+
 def resnet(input_shape, num_classes, depth=20, base_filters=16, activation="softmax",
            dtype=None, name=None):
     """The CIFAR-style ResNet of He et al. (2016): ``depth = 6n + 2`` layers.
@@ -139,22 +196,8 @@ def resnet(input_shape, num_classes, depth=20, base_filters=16, activation="soft
     274442
     """
     input_shape = check_input_shape(input_shape, rank=3)
-    check_positive_int("base_filters", base_filters)
-    if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
-        raise ValueError(
-            f"Expected depth = 6n + 2 with n >= 1 (8, 14, 20, 32, ...). Received: depth={depth!r}")
-    if min(input_shape[:2]) < 4:
-        raise ValueError(
-            f"resnet halves the image twice, so height and width must be at least 4. "
-            f"Received: input_shape={input_shape}")
-    blocks = (depth - 2) // 6
     inputs = keras.Input(shape=input_shape, name="images")
-    x = _conv_bn(inputs, base_filters, 1, dtype, "stem")
-    for stage in range(3):
-        filters = base_filters * 2 ** stage
-        for block in range(blocks):
-            strides = 2 if stage > 0 and block == 0 else 1
-            x = apply_basic_block(x, filters, strides, dtype, f"stage{stage + 1}_block{block + 1}")
+    x = apply_resnet_stages(inputs, depth, base_filters, dtype)
     x = layers.GlobalAveragePooling2D(dtype=dtype, name="avg_pool")(x)
     outputs = _head(x, num_classes, activation, dtype)
     return keras.Model(inputs, outputs, name=name or f"resnet{depth}")
