@@ -89,7 +89,19 @@ def test_frozen_encoder_trains_only_the_head(images, encoder_file, tmp_path):
     np.testing.assert_array_equal(trained, saved)
 
 
+def test_flatten_head_with_a_hidden_layer(images, encoder_file, tmp_path):
+    result = image_task.run(image_config(images, str(tmp_path / "run"),
+                                         f"model.encoder_path={encoder_file}",
+                                         "model.pooling=flatten", "model.head_units=5",
+                                         "model.freeze_encoder=true", "export.enabled=false"))
+    # conv output 6x6x4 flattened -> Dense(5) -> Dense(2)
+    assert result.metrics["trainable_parameters"] == (6 * 6 * 4 * 5 + 5) + (5 * 2 + 2)
+    assert result.model.get_layer("hidden").units == 5
+
+
 @pytest.mark.parametrize("override, match", [
+    ("model.pooling=sum", r"avg, max or flatten. Received: 'sum'"),
+    ("model.head_units=-1", r"head_units >= 0.*Received: -1"),
     ("data.rescale=0.5", r"needs data.rescale=1.0.*Received: data.rescale=0.5"),
     ("data.image_size=12", r"Expected \(12, 12, 3\).*Received: \(8, 8, 3\)"),
     ("data.color_mode=grayscale", r"Expected \(8, 8, 1\).*Received: \(8, 8, 3\)"),

@@ -97,13 +97,17 @@ class ImageModelConfig:
 
     ``encoder_path`` (a ``.keras`` encoder taking ``[0, 255]`` pixels, e.g.
     ``<simclr run>/encoder.keras``) takes precedence over ``name``: the
-    classifier is pooling, ``dropout`` and a softmax on that encoder, which
-    is trained too unless ``freeze_encoder``. It needs ``data.rescale: 1.0``.
+    classifier is ``pooling`` (``avg``, ``max`` or ``flatten``), a ReLU
+    layer of ``head_units`` (0: none), ``dropout`` and a softmax on that
+    encoder, which is trained too unless ``freeze_encoder``. It needs
+    ``data.rescale: 1.0``.
     """
 
     name: str = "simple_cnn"
     encoder_path: str | None = None
     freeze_encoder: bool = False
+    pooling: str = "avg"
+    head_units: int = 0
     filters: tuple[int, ...] = (32, 64, 128)
     dense_units: int = 128
     dropout: float = 0.5
@@ -175,7 +179,9 @@ def build_model(model_config, input_shape, num_classes):
     if model_config.encoder_path:
         encoder = transfer.load_encoder(model_config.encoder_path, input_shape)
         encoder.trainable = not model_config.freeze_encoder
-        return models.image_classifier(encoder, num_classes, model_config.dropout)
+        return models.image_classifier(encoder, num_classes, model_config.dropout,
+                                       pooling=model_config.pooling,
+                                       hidden_units=model_config.head_units)
     name = model_config.name
     if name == "simple_cnn":
         return models.simple_cnn(input_shape, num_classes, filters=model_config.filters,
@@ -378,6 +384,12 @@ def _check_config(config):
         raise ConfigError("model.encoder_path needs data.rescale=1.0: saved encoders take "
                           "[0, 255] pixels and preprocess them themselves. Received: "
                           f"data.rescale={config.data.rescale}")
+    if config.model.pooling not in ("avg", "max", "flatten"):
+        raise ConfigError(f"Expected model.pooling avg, max or flatten. "
+                          f"Received: {config.model.pooling!r}")
+    if not isinstance(config.model.head_units, int) or config.model.head_units < 0:
+        raise ConfigError(f"Expected model.head_units >= 0 (0: no hidden layer). "
+                          f"Received: {config.model.head_units!r}")
     if config.data.pipeline not in PIPELINES:
         raise ConfigError(f"Unknown data.pipeline. Expected one of {list(PIPELINES)}. "
                           f"Received: {config.data.pipeline!r}")
