@@ -1,9 +1,12 @@
 """Masked-language-model pretraining of a Transformer encoder (BERT-style).
 
 :func:`mask_tokens` picks positions to predict and corrupts them (80% the
-mask id, 10% a random token, 10% unchanged); :func:`mlm_model` is a
-Transformer encoder, built from the layers of
-:mod:`fmkeras.models.transformer` with the layer names
+mask id, 10% a random token, 10% unchanged). Padding (0) and ``[UNK]`` (1)
+are never picked: an unknown word cannot be restored, and with a word
+vocabulary ``[UNK]`` is the most frequent token, so a model answering
+``[UNK]`` everywhere would score its frequency as accuracy without learning
+anything. :func:`mlm_model` is a Transformer encoder, built from the layers
+of :mod:`fmkeras.models.transformer` with the layer names
 :func:`fmkeras.models.transformer_classifier` uses, plus a per-position
 float32 softmax over the vocabulary.
 """
@@ -20,11 +23,12 @@ def mask_tokens(token_ids, mask_id, vocab_size, rate=0.15, seed=(0, 0)):
     """Corrupt a batch of token ids for masked-language-model training.
 
     Args:
-        token_ids: int tensor ``[batch, length]``; 0 is padding (never chosen).
+        token_ids: int tensor ``[batch, length]``; 0 is padding and 1 is
+            ``[UNK]`` (``TextVectorization``'s ids): neither is ever chosen.
         mask_id: int. The ``[mask]`` token id.
         vocab_size: int. Random replacements are drawn from ``[2, vocab_size)``
             (skipping padding and ``[UNK]``).
-        rate: float. Fraction of real tokens chosen for prediction.
+        rate: float. Fraction of known tokens (ids >= 2) chosen for prediction.
         seed: shape ``[2]`` int tensor or pair. Stateless random seed.
 
     Returns:
@@ -33,18 +37,18 @@ def mask_tokens(token_ids, mask_id, vocab_size, rate=0.15, seed=(0, 0)):
 
     Example:
 
-    >>> ids = tf.constant([[5, 6, 7, 0]])
+    >>> ids = tf.constant([[5, 1, 7, 0]])
     >>> inputs, labels, weights = mask_tokens(ids, mask_id=9, vocab_size=10, rate=1.0)
     >>> weights.numpy().tolist()
-    [[1.0, 1.0, 1.0, 0.0]]
+    [[1.0, 0.0, 1.0, 0.0]]
     """
     if not 0.0 < rate <= 1.0:
         raise ValueError(f"Expected 0 < rate <= 1. Received: rate={rate}")
     token_ids = tf.cast(token_ids, tf.int32)
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
     shape = tf.shape(token_ids)
-    real = token_ids > 0
-    chosen = tf.logical_and(real, tf.random.stateless_uniform(shape, seeds[0]) < rate)
+    known = token_ids > 1  # neither padding nor [UNK]
+    chosen = tf.logical_and(known, tf.random.stateless_uniform(shape, seeds[0]) < rate)
     action = tf.random.stateless_uniform(shape, seeds[1])
     random_ids = tf.random.stateless_uniform(shape, seeds[2], 2, vocab_size, tf.int32)
     inputs = tf.where(chosen & (action < 0.8), mask_id, token_ids)
