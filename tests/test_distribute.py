@@ -197,7 +197,7 @@ def test_shard_policy(monkeypatch):
     ds = tf.data.Dataset.range(4)
     policy = lambda d: d.options().experimental_distribute.auto_shard_policy  # noqa: E731
     auto = tf.data.experimental.AutoShardPolicy
-    assert policy(distribute.distribute_dataset(ds, file_based=True, num_files=8)) == auto.FILE
+    assert policy(distribute.distribute_dataset(ds, file_based=True, num_files=8)) == auto.AUTO
     assert policy(distribute.distribute_dataset(ds, file_based=True, num_files=1)) == auto.DATA
     assert policy(distribute.distribute_dataset(ds, file_based=False)) == auto.DATA
 
@@ -209,3 +209,66 @@ def test_jit_compile_auto_picks_the_faster(monkeypatch):
     times.update({False: 1.0, True: 2.0})
     assert distribute.jit_compile_auto(None, None, key="m1") is True  # cached
     assert distribute.jit_compile_auto(None, None, key="m2") is False
+
+
+# The image-classification task on two localhost workers sharing a run directory.
+# argv: data, run_dir, epochs, interrupt_at (-1: never). Prints the epochs it trained.
+TASK_WORKER = textwrap.dedent("""
+    import sys
+    import keras
+    from fmkeras import config as config_lib
+    from fmkeras.tasks import image_classification as task
+
+    class Interrupt(Exception):
+        pass
+
+    class Watch(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == int(sys.argv[4]):
+                raise Interrupt(f"interrupted before epoch {epoch}")
+            print("EPOCH", epoch, flush=True)
+
+    config = config_lib.load_config(task.ImageClassificationConfig, None, [
+        f"data.path={sys.argv[1]}", f"run_dir={sys.argv[2]}", f"train.epochs={sys.argv[3]}",
+        "strategy=multi_worker", "data.image_size=8", "data.color_mode=rgb",
+        "data.batch_size=4", "data.validation_split=0", "data.test_split=0.25",
+        "model.name=mlp", "model.hidden_units=[8]", "train.verbose=0",
+        "jit_compile=false", "export.enabled=false"])
+    try:
+        result = task.run(config, callbacks=[Watch()])
+    except Interrupt as err:
+        print("STOPPED", err, flush=True)
+        sys.exit(0)
+    print("DONE", round(result.metrics["test_accuracy"], 6), flush=True)
+""")
+
+
+def _task_workers(data, run_dir, epochs, interrupt_at):
+    ports = _free_ports(2)
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    procs = [subprocess.Popen(
+        [sys.executable, "-c", TASK_WORKER, data, run_dir, str(epochs), str(interrupt_at)],
+        env=_env({"TF_CONFIG": json.dumps({"cluster": cluster,
+                                           "task": {"type": "worker", "index": i}})}),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outputs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    return [[line for line in out.splitlines() if line.startswith(("EPOCH", "STOPPED", "DONE"))]
+            for out in outputs]
+
+
+def test_multi_worker_run_resumes_on_every_worker_from_the_shared_run_dir(tmp_path):
+    from conftest import write_image_folder
+
+    data = write_image_folder(tmp_path / "images", per_class=8, size=(8, 8))
+    run_dir = str(tmp_path / "run")
+    first = _task_workers(data, run_dir, epochs=3, interrupt_at=2)
+    assert first == [["EPOCH 0", "EPOCH 1", "STOPPED interrupted before epoch 2"]] * 2
+    assert os.listdir(os.path.join(run_dir, "checkpoints", "backup"))
+    # Rerun: the chief reads its backup; the other worker must resume at the same
+    # epoch (else the collectives of the two would not line up).
+    second = _task_workers(data, run_dir, epochs=3, interrupt_at=-1)
+    assert [lines[:-1] for lines in second] == [["EPOCH 2"]] * 2
+    assert second[0][-1] == second[1][-1] and second[0][-1].startswith("DONE")
+    with open(os.path.join(run_dir, "history.csv"), encoding="utf-8") as f:
+        assert [row.split(",")[0] for row in f.read().split()[1:]] == ["0", "1", "2"]

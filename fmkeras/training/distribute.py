@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 import time
 
@@ -258,7 +259,11 @@ def worker_dir(run_dir, strategy=None):
     """Where this process may write: ``run_dir`` on the chief, a temp folder elsewhere.
 
     Every worker of a multi-worker run must execute the same saving code
-    (saving is collective), but only the chief's files are kept.
+    (saving is collective), but only the chief's files are kept. A rerun of
+    an interrupted run resumes on every worker from the same epoch: the
+    other workers' folders start with a copy of the chief's
+    ``run_dir/checkpoints`` (backups, finished-phase markers, best model),
+    which they find when ``run_dir`` is on a filesystem all workers share.
 
     Args:
         run_dir: str. The run directory.
@@ -276,15 +281,24 @@ def worker_dir(run_dir, strategy=None):
     if is_chief(strategy):
         return run_dir
     task_type, index = task_identity(strategy)
-    return tempfile.mkdtemp(prefix=f"fmkeras-{task_type}{index}-")
+    local = tempfile.mkdtemp(prefix=f"fmkeras-{task_type}{index}-")
+    shared = os.path.join(run_dir, "checkpoints")
+    if os.path.isdir(shared):
+        shutil.copytree(shared, os.path.join(local, "checkpoints"),
+                        ignore=shutil.ignore_patterns(".tmp-*", ".*.tmp"))
+    return local
 
 
 def distribute_dataset(dataset, strategy=None, file_based=True, num_files=None):
     """Set how ``dataset`` is sharded across workers (``auto_shard_policy``).
 
-    ``FILE`` sharding (each worker reads its own files) is used for
-    file-based pipelines when there are at least as many files as workers;
-    otherwise ``DATA`` (every worker reads everything and keeps its share).
+    File-based pipelines with at least as many files as workers get
+    ``AUTO``: ``FILE`` sharding (each worker reads its own files) where the
+    pipeline starts from a file reader (``TFRecordDataset``,
+    ``TextLineDataset``), else ``DATA``. ``FILE`` alone would fail at the
+    first step on pipelines that read files inside a ``map`` (fmkeras' image
+    pipelines). Everything else gets ``DATA`` (every worker reads everything
+    and keeps its share).
     The dataset is returned with the option set; ``model.fit`` distributes
     it under the strategy's scope.
 
@@ -305,7 +319,7 @@ def distribute_dataset(dataset, strategy=None, file_based=True, num_files=None):
     """
     del strategy  # the worker count comes from TF_CONFIG, the same for every strategy
     enough = num_files is None or num_files >= _num_workers()
-    policy = (tf.data.experimental.AutoShardPolicy.FILE if file_based and enough
+    policy = (tf.data.experimental.AutoShardPolicy.AUTO if file_based and enough
               else tf.data.experimental.AutoShardPolicy.DATA)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = policy
