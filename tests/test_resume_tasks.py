@@ -56,8 +56,9 @@ def overrides(task, inputs):
         "pretrain-mlm": [f"data.path={inputs['texts']}", "data.sequence_length=8",
                          "data.batch_size=4", "model.d_model=8", "model.num_heads=2",
                          "model.ff_dim=8", "model.num_layers=1"],
-        "pretrain-simclr": [f"data.path={inputs['images']}", "data.image_size=32",
-                            "data.batch_size=4", "model.alpha=0.35"],
+        "pretrain-simclr": [f"data.path={inputs['images']}", "data.image_size=16",
+                            "data.batch_size=4", "model.backbone=cifar_resnet8",
+                            "model.alpha=null"],
         "image-generation": [f"data.path={inputs['images']}", "data.image_size=16",
                              "data.batch_size=4", "model.latent_dim=4", "model.base_filters=4",
                              "evaluation.classifier_epochs=1", "evaluation.num_samples=4",
@@ -95,7 +96,8 @@ def test_changed_settings_refuse_to_resume(inputs, tmp_path):
         module.run(config)
 
 
-FINE_TUNE = ["data.image_size=32", "data.batch_size=4", "model.alpha=0.35",
+FINE_TUNE = ["data.image_size=16", "data.batch_size=4", "model.backbone=cifar_resnet8",
+             "model.alpha=null",
              "train.head_epochs=2", "train.epochs=2", "train.unfreeze_layers=2",
              "train.verbose=0", "export.enabled=false"]
 

@@ -64,11 +64,12 @@ def test_rejects_bad_temperature():
 
 
 def test_pretrain_then_fine_tune_from_the_encoder(tmp_path):
-    data = write_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=8, size=(32, 32))
+    data = write_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=8, size=(16, 16))
     run_dir = str(tmp_path / "simclr")
+    small = ["data.image_size=16", "model.backbone=cifar_resnet8", "model.alpha=null"]
     config = config_lib.load_config(task.PretrainSimCLRConfig, "digits_simclr", [
         f"data.path={data}", f"run_dir={run_dir}", "data.batch_size=4", "train.epochs=1",
-        "model.projection_dim=8", "model.hidden_dim=16", "train.verbose=0"])
+        "model.projection_dim=8", "model.hidden_dim=16", "train.verbose=0", *small])
     result = task.run(config)
     metrics = json.loads(pathlib.Path(run_dir, "metrics.json").read_text())
     assert np.isfinite(metrics["final_loss"])
@@ -79,9 +80,9 @@ def test_pretrain_then_fine_tune_from_the_encoder(tmp_path):
     tuned = fine_tune.run(config_lib.load_config(fine_tune.FineTuneConfig, "digits_finetune", [
         f"data.path={data}", f"run_dir={tmp_path / 'tuned'}", "data.batch_size=4",
         f"model.encoder_path={encoder_path}", "train.head_epochs=1", "train.epochs=0",
-        "export.enabled=false", "train.verbose=0"]))
-    trained = result.model.encoder.get_layer("Conv_1").get_weights()[0]
-    loaded = tuned.model.get_layer("mobilenet_v2").get_layer("Conv_1").get_weights()[0]
+        "export.enabled=false", "train.verbose=0", *small]))
+    trained = result.model.encoder.get_layer("stem_conv").get_weights()[0]
+    loaded = tuned.model.get_layer("cifar_resnet8").get_layer("stem_conv").get_weights()[0]
     np.testing.assert_array_equal(loaded, trained)
 
 
