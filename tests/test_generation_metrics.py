@@ -87,7 +87,12 @@ def test_frechet_distance_closed_forms_and_singular_covariances():
 def test_inception_score_bounds():
     assert inception_score(np.full((20, 10), 0.1), splits=4) == (pytest.approx(1.0), 0.0)
     confident = np.eye(5)[np.arange(50) % 5]
-    assert inception_score(confident, splits=2)[0] == pytest.approx(5.0)
+    assert inception_score(confident, splits=1)[0] == pytest.approx(5.0)
+    # Sorted by class, contiguous splits would each hold one class and score 1.
+    by_class = np.eye(5)[np.repeat(np.arange(5), 40)]
+    mean, std = inception_score(by_class, splits=5)
+    assert mean > 4.5 and std < 0.5
+    assert inception_score(by_class, splits=5, seed=1) != (mean, std)
     with pytest.raises(FmkerasError, match="softmax probabilities"):
         inception_score(np.ones((4, 3)))
     with pytest.raises(FmkerasError, match="splits"):
