@@ -65,6 +65,7 @@ def mirrored_runs(tmp_path_factory):
         "fine-tune": [f"data.path={images}", "data.image_size=16", "data.batch_size=4",
                       "model.backbone=cifar_resnet8", "model.alpha=null",
                       "train.head_epochs=1", "train.epochs=1",
+                      "compression.prune_sparsity=0.5",
                       "train.unfreeze_layers=2", "export.enabled=false"],
     }
     runs = {task: [*overrides, *quiet, f"run_dir={root / task}"]
@@ -89,3 +90,9 @@ def test_task_trains_under_mirrored_strategy_on_two_replicas(mirrored_runs, task
     assert metrics["replicas"] == 2
     numbers = [v for v in metrics.values() if isinstance(v, float)]
     assert numbers and all(np.isfinite(numbers)), metrics
+
+
+def test_pruning_under_mirrored_strategy_reaches_its_target(mirrored_runs):
+    metrics = mirrored_runs["fine-tune"]
+    assert metrics["pruned_layers"] >= 1
+    assert metrics["pruned_sparsity"] == pytest.approx(0.5, abs=0.01)
