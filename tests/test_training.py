@@ -104,3 +104,23 @@ def test_loss_scale_guard_is_silent_without_loss_scaling():
     history = model.fit(np.ones((8, 4)), np.ones((8, 2)), batch_size=1, epochs=1, verbose=0,
                         callbacks=[LossScaleGuard(check_every=1)])
     assert len(history.history["loss"]) == 1
+
+
+def test_epoch_tensorboard_writes_epoch_scalars_only(tmp_path):
+    import glob
+
+    import tensorflow as tf
+
+    from fmkeras.training.callbacks import EpochTensorBoard
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    x = np.random.default_rng(0).normal(size=(16, 3)).astype("float32")
+    model.fit(x, x[:, :1], batch_size=4, epochs=2, verbose=0,
+              callbacks=[EpochTensorBoard(str(tmp_path))])
+    tags = []
+    for path in glob.glob(str(tmp_path / "train" / "*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            tags += [(v.tag, event.step) for v in event.summary.value]
+    assert ("epoch_loss", 0) in tags and ("epoch_loss", 1) in tags
+    assert not [tag for tag, _ in tags if tag.startswith("batch_")]

@@ -335,8 +335,7 @@ def _fit_phase(model, config, splits, run_dir, phase, learning_rate, epochs, ini
         callbacks_lib.NaNGuard(),
         callbacks_lib.LossScaleGuard(),
         keras.callbacks.CSVLogger(history_path, append=resume),
-        keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard", f"phase{phase}"),
-                                    write_graph=False),
+        callbacks_lib.EpochTensorBoard(os.path.join(run_dir, "tensorboard", f"phase{phase}")),
         callbacks_lib.EpochSeeds(config.seed), *splits.callbacks, *callbacks]
     try:
         dist.fit(model, dist.dataset(splits.train), validation_data=splits.validation,

@@ -178,6 +178,39 @@ class BestCheckpoint(keras.callbacks.ModelCheckpoint):
             os.replace(tmp, self.state_path)
 
 
+class EpochTensorBoard(keras.callbacks.TensorBoard):
+    """``keras.callbacks.TensorBoard`` writing per-epoch summaries without syncing every batch.
+
+    Keras' TensorBoard does per-batch work in ``on_train_batch_end`` even
+    when it writes per epoch (a scalar call for every log, profiler
+    checks): about 0.4 ms a step on a CPU, a fifth of the callbacks' time
+    in a digits epoch of the default job. Writing per epoch, without the graph or a
+    profile, that hook has nothing to do, so this subclass skips it (and
+    declares itself safe for Keras' asynchronous callback dispatch on the
+    backends that use it).
+
+    Args:
+        log_dir: str. Where the event files go.
+        **kwargs: other ``TensorBoard`` arguments except ``update_freq``,
+            ``write_graph`` and ``profile_batch`` (fixed: ``"epoch"``,
+            ``False``, 0).
+
+    Example:
+
+    >>> board = EpochTensorBoard("/tmp/fmkeras-example/tensorboard")
+    >>> board.update_freq, board.async_safe
+    ('epoch', True)
+    """
+
+    def __init__(self, log_dir, **kwargs):
+        super().__init__(log_dir, update_freq="epoch", write_graph=False, profile_batch=0,
+                         **kwargs)
+        self.async_safe = True
+
+    def on_train_batch_end(self, batch, logs=None):
+        return  # per-epoch summaries only: no per-batch work
+
+
 def prepare_resume(run_dir):
     """Whether ``run_dir`` holds an interrupted run to resume.
 
@@ -213,8 +246,7 @@ def resumable_callbacks(run_dir, identity=None, force_resume=False, nan_guard=Tr
     if nan_guard:
         callbacks += [NaNGuard(), LossScaleGuard()]
     callbacks += [keras.callbacks.CSVLogger(history, append=resume),
-                  keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"),
-                                              write_graph=False)]
+                  EpochTensorBoard(os.path.join(run_dir, "tensorboard"))]
     return callbacks
 
 
@@ -279,7 +311,7 @@ def standard_callbacks(run_dir, monitor="val_loss", early_stopping_patience=None
         LossScaleGuard(),
         best,
         keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=resume),
-        keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), write_graph=False),
+        EpochTensorBoard(os.path.join(run_dir, "tensorboard")),
     ]
     if reduce_lr_patience is not None:
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
