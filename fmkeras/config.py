@@ -186,6 +186,35 @@ def from_dict(cls, data, prefix=""):
     return instance
 
 
+@dataclasses.dataclass
+class RunSettings:
+    """The run-level settings a task config shares with the others (its last YAML keys).
+
+    ``precision`` (``auto``, ``float32``, ``mixed_float16``,
+    ``mixed_bfloat16``), ``jit_compile`` (``auto`` measures), ``strategy``
+    (``auto``, ``none``, ``mirrored``, ``multi_worker``, ``tpu``), ``seed``,
+    ``deterministic`` (op determinism, slower), ``run_dir`` (default
+    ``runs/<task>-<time>``) and ``force_resume`` (resume even though
+    settings changed).
+
+    Example:
+
+    >>> RunSettings().strategy, RunSettings().seed
+    ('auto', 42)
+    """
+
+    precision: str = "auto"
+    jit_compile: bool | str = "auto"
+    strategy: str = "auto"
+    seed: int = 42
+    deterministic: bool = False
+    run_dir: str | None = None
+    force_resume: bool = False
+
+
+_RUN_KEYS = tuple(f.name for f in dataclasses.fields(RunSettings))
+
+
 def to_dict(config):
     """The config as plain nested dicts, lists and scalars (tuples become lists).
 
@@ -203,7 +232,11 @@ def to_dict(config):
         if isinstance(value, dict):
             return {k: plain(v) for k, v in value.items()}
         return value
-    return plain(dataclasses.asdict(config))
+    values = plain(dataclasses.asdict(config))
+    if isinstance(config, RunSettings):  # the task's own sections first, as in the presets
+        values = {**{k: v for k, v in values.items() if k not in _RUN_KEYS},
+                  **{k: values[k] for k in _RUN_KEYS}}
+    return values
 
 
 def parse_override(text):

@@ -112,7 +112,7 @@ class FineTuneTrainConfig:
 
 
 @dataclasses.dataclass
-class FineTuneConfig:
+class FineTuneConfig(config_lib.RunSettings):
     """The full config of the fine-tune task.
 
     Example:
@@ -129,13 +129,6 @@ class FineTuneConfig:
         default_factory=lambda: ExportConfig(name="fine_tuned_classifier"))
     compression: transfer.CompressionConfig = dataclasses.field(
         default_factory=transfer.CompressionConfig)
-    precision: str = "auto"
-    jit_compile: bool | str = "auto"
-    strategy: str = "auto"
-    seed: int = 42
-    deterministic: bool = False
-    run_dir: str | None = None
-    force_resume: bool = False
 
 
 def build_backbone(model_config, input_shape):

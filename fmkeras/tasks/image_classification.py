@@ -142,7 +142,7 @@ class ExportConfig:
 
 
 @dataclasses.dataclass
-class ImageClassificationConfig:
+class ImageClassificationConfig(config_lib.RunSettings):
     """The full config of the image-classification task.
 
     Example:
@@ -156,13 +156,6 @@ class ImageClassificationConfig:
     model: ImageModelConfig = dataclasses.field(default_factory=ImageModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
-    precision: str = "auto"
-    jit_compile: bool | str = "auto"
-    strategy: str = "auto"
-    seed: int = 42
-    deterministic: bool = False
-    run_dir: str | None = None
-    force_resume: bool = False
 
 
 MODEL_NAMES = ("simple_cnn", "resnet", "mlp")

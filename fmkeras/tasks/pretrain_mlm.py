@@ -68,7 +68,7 @@ class MLMTrainConfig:
 
 
 @dataclasses.dataclass
-class PretrainMLMConfig:
+class PretrainMLMConfig(config_lib.RunSettings):
     """The full config of the pretrain-mlm task.
 
     Example:
@@ -80,13 +80,6 @@ class PretrainMLMConfig:
     data: MLMDataConfig = dataclasses.field(default_factory=MLMDataConfig)
     model: MLMModelConfig = dataclasses.field(default_factory=MLMModelConfig)
     train: MLMTrainConfig = dataclasses.field(default_factory=MLMTrainConfig)
-    precision: str = "auto"
-    jit_compile: bool | str = "auto"
-    strategy: str = "auto"
-    seed: int = 42
-    deterministic: bool = False
-    run_dir: str | None = None
-    force_resume: bool = False
 
 
 def read_texts(data_config):

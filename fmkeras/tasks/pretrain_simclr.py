@@ -84,7 +84,7 @@ class SimCLRTrainConfig:
 
 
 @dataclasses.dataclass
-class PretrainSimCLRConfig:
+class PretrainSimCLRConfig(config_lib.RunSettings):
     """The full config of the pretrain-simclr task.
 
     Example:
@@ -97,13 +97,6 @@ class PretrainSimCLRConfig:
     data: FineTuneDataConfig = dataclasses.field(default_factory=FineTuneDataConfig)
     model: SimCLRModelConfig = dataclasses.field(default_factory=SimCLRModelConfig)
     train: SimCLRTrainConfig = dataclasses.field(default_factory=SimCLRTrainConfig)
-    precision: str = "auto"
-    jit_compile: bool | str = "auto"
-    strategy: str = "auto"
-    seed: int = 42
-    deterministic: bool = False
-    run_dir: str | None = None
-    force_resume: bool = False
 
 
 def _check_config(config):

@@ -87,7 +87,7 @@ class TextModelConfig:
 
 
 @dataclasses.dataclass
-class TextClassificationConfig:
+class TextClassificationConfig(config_lib.RunSettings):
     """The full config of the text-classification task.
 
     Example:
@@ -103,13 +103,6 @@ class TextClassificationConfig:
     export: TextExportConfig = dataclasses.field(
         default_factory=lambda: TextExportConfig(name="text_classifier"))
     lora: transfer.LoRAConfig = dataclasses.field(default_factory=transfer.LoRAConfig)
-    precision: str = "auto"
-    jit_compile: bool | str = "auto"
-    strategy: str = "auto"
-    seed: int = 42
-    deterministic: bool = False
-    run_dir: str | None = None
-    force_resume: bool = False
 
 
 def build_model(model_config, vocab_size, sequence_length, num_classes):

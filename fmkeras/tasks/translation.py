@@ -108,7 +108,7 @@ class TextExportConfig:
 
 
 @dataclasses.dataclass
-class TranslationConfig:
+class TranslationConfig(config_lib.RunSettings):
     """The full config of the translation task.
 
     Example:
@@ -123,13 +123,6 @@ class TranslationConfig:
     train: TextTrainConfig = dataclasses.field(default_factory=TextTrainConfig)
     decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
     export: TextExportConfig = dataclasses.field(default_factory=TextExportConfig)
-    precision: str = "auto"
-    jit_compile: bool | str = "auto"
-    strategy: str = "auto"
-    seed: int = 42
-    deterministic: bool = False
-    run_dir: str | None = None
-    force_resume: bool = False
 
 
 @keras.saving.register_keras_serializable(package="fmkeras")
