@@ -208,9 +208,7 @@ def main(argv=None):
     quiet = "train.verbose=2"
     simclr, _ = _run(pretrain_simclr, pretrain_simclr.PretrainSimCLRConfig, "digits_simclr", [
         f"data.path={args.data}", *image, quiet, f"train.epochs={args.simclr_epochs}",
-        f"model.backbone={args.backbone}", "model.alpha=null", "data.batch_size=128",
-        "model.temperature=0.2", "model.views.width_shift_range=0.15",
-        "model.views.height_shift_range=0.15",
+        f"model.backbone={args.backbone}",
         f"run_dir={os.path.join(work, 'simclr')}"])
     encoder = os.path.join(work, "simclr", "encoder.keras")
     channels = 1 if args.color_mode == "grayscale" else 3

@@ -66,7 +66,8 @@ def test_rejects_bad_temperature():
 def test_pretrain_then_fine_tune_from_the_encoder(tmp_path):
     data = write_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=8, size=(16, 16))
     run_dir = str(tmp_path / "simclr")
-    small = ["data.image_size=16", "model.backbone=cifar_resnet8", "model.alpha=null"]
+    small = ["data.image_size=16", "data.color_mode=grayscale", "model.backbone=cifar_resnet8",
+             "model.alpha=null"]
     config = config_lib.load_config(task.PretrainSimCLRConfig, "digits_simclr", [
         f"data.path={data}", f"run_dir={run_dir}", "data.batch_size=4", "train.epochs=1",
         "model.projection_dim=8", "model.hidden_dim=16", "train.verbose=0", *small])
