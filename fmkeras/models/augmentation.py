@@ -41,6 +41,8 @@ def augmentation_layers(aug, seed=None, name="augmentation"):
     >>> block = augmentation_layers(Augmentation(rotation_range=10, horizontal_flip=True))
     >>> [layer.name for layer in block.layers]
     ['random_flip', 'random_rotation']
+    >>> [layer.name for layer in augmentation_layers(Augmentation()).layers]
+    ['identity']
     """
     if not isinstance(aug, Augmentation):
         raise TypeError(f"Expected an fmkeras.data.Augmentation. Received: {type(aug).__name__}")
@@ -68,16 +70,17 @@ def augmentation_layers(aug, seed=None, name="augmentation"):
         shear = math.tan(math.radians(aug.shear_range))
         block.append(layers.RandomShear(x_factor=shear, y_factor=0.0, name="random_shear",
                                         **fill))
-    if aug.zoom_range:
-        low, high = ((1 - aug.zoom_range, 1 + aug.zoom_range)
-                     if not isinstance(aug.zoom_range, (list, tuple)) else aug.zoom_range)
+    # Augmentation stores zoom_range as a (low, high) pair; (1, 1) means no zoom.
+    low, high = aug.zoom_range
+    if (low, high) != (1.0, 1.0):
         # Keras' factor is the change in size: positive zooms out.
         block.append(layers.RandomZoom((low - 1, high - 1), name="random_zoom", **fill))
     if aug.brightness_range:
         low, high = aug.brightness_range
         block.append(layers.RandomBrightness((low - 1, high - 1), value_range=(0, 255),
                                              seed=seed, name="random_brightness"))
-    return keras.Sequential(block, name=name)
+    # An empty Sequential cannot be built: keep one pass-through layer.
+    return keras.Sequential(block or [layers.Identity(name="identity")], name=name)
 
 
 def with_augmentation(model, aug, seed=None, rescale=1.0):
