@@ -89,8 +89,12 @@ class ImageDataGenerator:
     Example:
 
     >>> gen = ImageDataGenerator(rescale=1.0 / 255, zoom_range=0.2, horizontal_flip=True)
-    >>> train = gen.flow_from_directory("data/flowers", target_size=(64, 64))
-    >>> model.fit(train, epochs=3)  # doctest: +SKIP
+    >>> train = gen.flow_from_directory("data/digits/train", target_size=(8, 8),
+    ...                                 color_mode="grayscale", batch_size=16, seed=0)
+    Found 1437 images belonging to 10 classes.
+    >>> x, y = train[0]
+    >>> x.shape, y.shape, bool(0.0 <= x.min() and x.max() <= 1.0)
+    ((16, 8, 8, 1), (16, 10), True)
     """
 
     def __init__(self, featurewise_center=False, samplewise_center=False,
@@ -346,6 +350,7 @@ class ImageDataGenerator:
 
         >>> it = ImageDataGenerator(rescale=1 / 255).flow_from_directory(
         ...     "data/digits/train", target_size=(28, 28), color_mode="grayscale")
+        Found 1437 images belonging to 10 classes.
         >>> it.class_indices["0"], it.image_shape
         (0, (28, 28, 1))
         """
@@ -396,10 +401,16 @@ class ImageDataGenerator:
 
         Example:
 
-        >>> table = {"filename": ["a.png", "b.png"], "class": ["cat", "dog"]}
-        >>> it = ImageDataGenerator().flow_from_dataframe(table, "pets", target_size=(32, 32))
+        >>> table = {"filename": ["0/0000.png", "1/0001.png", "7/0007.png"],
+        ...          "class": ["zero", "one", "seven"]}
+        >>> it = ImageDataGenerator().flow_from_dataframe(
+        ...     table, "data/digits/train", target_size=(8, 8), batch_size=2, shuffle=False)
+        Found 3 validated image filenames belonging to 3 classes.
         >>> it.class_indices
-        {'cat': 0, 'dog': 1}
+        {'one': 0, 'seven': 1, 'zero': 2}
+        >>> x, y = it[0]
+        >>> x.shape, y.argmax(axis=1).tolist()
+        ((2, 8, 8, 3), [2, 0])
         """
         _check_unsupported(save_to_dir=save_to_dir)
         self._check_fitted()

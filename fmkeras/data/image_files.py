@@ -53,7 +53,7 @@ def declared_size(kind, head):
 
     Example:
 
-    >>> with open("data/digits/test/0/0000.png", "rb") as f:
+    >>> with open("data/digits/train/0/0000.png", "rb") as f:
     ...     declared_size("PNG", f.read(64))
     (8, 8)
     """
@@ -78,7 +78,7 @@ def header_problem(path, max_pixels=MAX_PIXELS):
 
     Example:
 
-    >>> header_problem("data/digits/test/0/0000.png") is None
+    >>> header_problem("data/digits/train/0/0000.png") is None
     True
     """
     try:
@@ -146,7 +146,7 @@ def scan_images(paths, load, decode=True, keep=False):
 
     Example:
 
-    >>> good, _, bad = scan_images(["data/digits/test/0/0000.png", "/no/file.png"],
+    >>> good, _, bad = scan_images(["data/digits/train/0/0000.png", "/no/file.png"],
     ...                            load=None, decode=False)
     >>> good.tolist(), bad[0][1]
     ([0], 'file not found')

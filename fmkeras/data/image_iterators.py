@@ -82,6 +82,7 @@ class ImageIterator(keras.utils.PyDataset):
 
     Example:
 
+    >>> from fmkeras.data import ImageDataGenerator
     >>> it = ImageDataGenerator(zoom_range=0.1).flow(np.zeros((8, 4, 4, 1)), batch_size=4)
     >>> ds = it.as_dataset()          # one epoch per pass, a new augmentation each pass
     >>> [tuple(x.shape) for x in ds]
@@ -240,6 +241,7 @@ class ImageIterator(keras.utils.PyDataset):
 
         Example:
 
+        >>> from fmkeras.data import ImageDataGenerator
         >>> it = ImageDataGenerator().flow(np.zeros((6, 4, 4, 3)), np.arange(6), batch_size=4)
         >>> [int(y.shape[0]) for _, y in it.as_dataset()]
         [4, 2]
@@ -316,8 +318,13 @@ class DirectoryIterator(_FileIterator):
 
     Example:
 
-    >>> it = ImageDataGenerator().flow_from_directory("data/pets", target_size=(32, 32))
-    >>> x, y = it[0]  # doctest: +SKIP
+    >>> from fmkeras.data import ImageDataGenerator
+    >>> it = ImageDataGenerator().flow_from_directory(
+    ...     "data/digits/test", target_size=(8, 8), batch_size=8, shuffle=False)
+    Found 360 images belonging to 10 classes.
+    >>> x, y = it[0]
+    >>> x.shape, y.shape, it.filenames[0], int(it.classes[0])
+    ((8, 8, 8, 3), (8, 10), '0/0020.png', 0)
     """
 
     allowed_class_modes = ("categorical", "binary", "sparse", "input", None)
@@ -389,8 +396,13 @@ class DataFrameIterator(_FileIterator):
 
     Example:
 
-    >>> table = {"filename": ["a.png", "b.png"], "class": ["cat", "dog"]}
-    >>> it = ImageDataGenerator().flow_from_dataframe(table, "pets")  # doctest: +SKIP
+    >>> from fmkeras.data import ImageDataGenerator
+    >>> table = {"filename": ["0/0000.png", "1/0001.png"], "class": ["0", "1"]}
+    >>> it = ImageDataGenerator().flow_from_dataframe(
+    ...     table, "data/digits/train", target_size=(8, 8), class_mode="sparse", shuffle=False)
+    Found 2 validated image filenames belonging to 2 classes.
+    >>> it.filenames, it.classes, it[0][1].tolist()
+    (['0/0000.png', '1/0001.png'], [0, 1], [0.0, 1.0])
     """
 
     allowed_class_modes = ("categorical", "binary", "sparse", "raw", "input", None)
@@ -503,6 +515,7 @@ class NumpyArrayIterator(ImageIterator):
 
     Example:
 
+    >>> from fmkeras.data import ImageDataGenerator
     >>> it = ImageDataGenerator().flow(np.zeros((5, 4, 4, 3)), batch_size=2)
     >>> len(it)
     3

@@ -206,7 +206,7 @@ def load_image(path, channels=3):
 
     Example:
 
-    >>> load_image(tf.constant("data/digits/test/0/0000.png"), channels=1).shape
+    >>> load_image(tf.constant("data/digits/train/0/0000.png"), channels=1).shape
     TensorShape([8, 8, 1])
     """
     return decode_image(tf.io.read_file(path), channels)

@@ -109,7 +109,8 @@ def read_history(path):
 
     >>> import tempfile, os
     >>> p = os.path.join(tempfile.mkdtemp(), "h.csv")
-    >>> _ = open(p, "w").write("epoch,loss\\n0,1.5\\n1,0.5\\n")
+    >>> with open(p, "w") as f:
+    ...     _ = f.write("epoch,loss\\n0,1.5\\n1,0.5\\n")
     >>> read_history(p)["loss"]
     [1.5, 0.5]
     """

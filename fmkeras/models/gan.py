@@ -79,6 +79,7 @@ class GAN(keras.Model):
 
     Example:
 
+    >>> import numpy as np
     >>> from fmkeras.models.dcgan import dcgan_discriminator, dcgan_generator
     >>> gan = GAN(dcgan_generator(16, (16, 16, 1), base_filters=8),
     ...           dcgan_discriminator((16, 16, 1), base_filters=8), seed=1)
@@ -140,7 +141,12 @@ class GAN(keras.Model):
 
         Example:
 
+        >>> from fmkeras.models.dcgan import dcgan_discriminator, dcgan_generator
+        >>> gan = GAN(dcgan_generator(16, (16, 16, 1), base_filters=8),
+        ...           dcgan_discriminator((16, 16, 1), base_filters=8), seed=1)
         >>> gan.compile(d_optimizer="adam", g_optimizer="adam", label_smoothing=0.1)
+        >>> type(gan.d_optimizer).__name__, gan.d_optimizer is gan.g_optimizer
+        ('Adam', False)
         """
         for key in ("optimizer", "loss", "metrics"):
             if key in kwargs:
@@ -308,6 +314,9 @@ class GAN(keras.Model):
 
         Example:
 
+        >>> from fmkeras.models.dcgan import dcgan_discriminator, dcgan_generator
+        >>> gan = GAN(dcgan_generator(16, (16, 16, 1), base_filters=8),
+        ...           dcgan_discriminator((16, 16, 1), base_filters=8), seed=1)
         >>> gan.compile(d_optimizer="adam", g_optimizer="adam")
         >>> [o.built for o in gan.build_optimizers()]
         [True, True]

@@ -212,6 +212,7 @@ def dataset_arrays(ds, limit):
 
     Example:
 
+    >>> import tensorflow as tf
     >>> ds = tf.data.Dataset.from_tensor_slices((np.zeros((5, 2)), np.arange(5))).batch(2)
     >>> [a.shape for a in dataset_arrays(ds, 3)]
     [(3, 2), (3,)]

@@ -119,7 +119,18 @@ class SampleGrid(keras.callbacks.Callback):
 
     Example:
 
-    >>> gan.fit(images, epochs=3, callbacks=[SampleGrid("runs/demo/plots")])
+    >>> import tempfile
+    >>> from fmkeras.models.dcgan import dcgan_discriminator, dcgan_generator
+    >>> from fmkeras.models.gan import GAN
+    >>> gan = GAN(dcgan_generator(16, (16, 16, 1), base_filters=8),
+    ...           dcgan_discriminator((16, 16, 1), base_filters=8), seed=1)
+    >>> gan.compile(d_optimizer="adam", g_optimizer="adam")
+    >>> images = np.zeros((8, 16, 16, 1), "float32")
+    >>> plots = tempfile.mkdtemp()
+    >>> _ = gan.fit(images, epochs=2, batch_size=4, verbose=0,
+    ...             callbacks=[SampleGrid(plots, num_samples=4)])
+    >>> sorted(os.listdir(plots))
+    ['progress.png', 'samples_epoch_001.png', 'samples_epoch_002.png']
     """
 
     def __init__(
@@ -174,7 +185,17 @@ class GANCheckpoint(keras.callbacks.Callback):
 
     Example:
 
-    >>> gan.fit(images, epochs=3, callbacks=[GANCheckpoint("runs/demo/checkpoints")])
+    >>> import tempfile
+    >>> from fmkeras.models.dcgan import dcgan_discriminator, dcgan_generator
+    >>> from fmkeras.models.gan import GAN
+    >>> gan = GAN(dcgan_generator(16, (16, 16, 1), base_filters=8),
+    ...           dcgan_discriminator((16, 16, 1), base_filters=8), seed=1)
+    >>> gan.compile(d_optimizer="adam", g_optimizer="adam")
+    >>> checkpoints = tempfile.mkdtemp()
+    >>> _ = gan.fit(np.zeros((8, 16, 16, 1), "float32"), epochs=2, batch_size=4, verbose=0,
+    ...             callbacks=[GANCheckpoint(checkpoints, latest_only=True)])
+    >>> sorted(os.listdir(checkpoints))
+    ['discriminator.keras', 'generator.keras']
     """
 
     def __init__(self, directory, latest_only=False):
@@ -241,9 +262,18 @@ class GANGuard(keras.callbacks.Callback):
 
     Example:
 
-    >>> guard = GANGuard(patience=20)
-    >>> gan.fit(images, epochs=5, callbacks=[guard])
-    >>> guard.stop_reason  # None when training was not stopped
+    >>> from fmkeras.models.dcgan import dcgan_discriminator, dcgan_generator
+    >>> from fmkeras.models.gan import GAN
+    >>> gan = GAN(dcgan_generator(16, (16, 16, 1), base_filters=8),
+    ...           dcgan_discriminator((16, 16, 1), base_filters=8), seed=1)
+    >>> gan.compile(d_optimizer="adam", g_optimizer="adam")
+    >>> guard = GANGuard(patience=20, num_samples=4)
+    >>> _ = gan.fit(np.zeros((8, 16, 16, 1), "float32"), epochs=2, batch_size=4, verbose=0,
+    ...             callbacks=[guard])
+    >>> guard.stop_reason is None  # None when training was not stopped
+    True
+    >>> guard.last_sample_distance > guard.collapse_threshold  # samples still differ
+    True
     """
 
     def __init__(
