@@ -41,6 +41,21 @@ def _restore_dtype_policy():
     keras.mixed_precision.set_global_policy(SESSION_POLICY)
 
 
+def load_script(*parts):
+    """Import a script that is not in a package (a benchmark, a CI helper) by its path.
+
+    ``parts`` are joined under the repository root, e.g. ``("benchmarks", "low_label.py")``.
+    """
+    import importlib.util
+
+    path = os.path.join(REPO, *parts)
+    name = os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def write_image_folder(root, classes=("a", "b"), per_class=4, size=(12, 10), mode="RGB",
                        fmt="png", seed=0):
     """Write ``root/<class>/<i>.<fmt>`` with class-dependent brightness; return root."""

@@ -1,18 +1,13 @@
 """The low-label benchmark's labelled subset and summary (the full benchmark is run by hand)."""
 
-import importlib.util
 import os
 
 import pytest
-from conftest import REPO, write_image_folder
+from conftest import load_script, write_image_folder
 
 
 def load_benchmark():
-    spec = importlib.util.spec_from_file_location(
-        "low_label", os.path.join(REPO, "benchmarks", "low_label.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks", "low_label.py")
 
 
 def test_labelled_subset_keeps_a_fraction_per_class_and_the_whole_test_split(tmp_path):

@@ -1,22 +1,16 @@
 """The low-label text benchmark's splits (the full benchmark is run by hand)."""
 
-import importlib.util
-import os
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import load_script
 
 from fmkeras import config as config_lib
 from fmkeras.tasks import text_classification as text_task
 
 
 def load_benchmark():
-    spec = importlib.util.spec_from_file_location(
-        "low_label_text", os.path.join(REPO, "benchmarks", "low_label_text.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks", "low_label_text.py")
 
 
 def test_split_is_per_class_seeded_and_disjoint():

@@ -16,7 +16,7 @@ import time
 import keras
 import numpy as np
 import pytest
-from conftest import REPO, write_image_folder
+from conftest import REPO, load_script, write_image_folder
 
 from fmkeras.train import EXIT_TERMINATED
 
@@ -224,12 +224,7 @@ def test_best_checkpoint_value_survives_a_resume(data, tmp_path):
 # Point 5: dependency floors exclude releases with known deserialization advisories.
 
 def _audit_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("ci_audit", os.path.join(REPO, ".ci", "audit.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(".ci", "audit.py")
 
 
 def test_dependency_floors_exclude_known_advisories():
