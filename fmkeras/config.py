@@ -194,8 +194,11 @@ class RunSettings:
     ``mixed_bfloat16``), ``jit_compile`` (``auto`` measures), ``strategy``
     (``auto``, ``none``, ``mirrored``, ``multi_worker``, ``tpu``), ``seed``,
     ``deterministic`` (op determinism, slower), ``run_dir`` (default
-    ``runs/<task>-<time>``) and ``force_resume`` (resume even though
-    settings changed).
+    ``runs/<task>-<time>``), ``force_resume`` (resume even though
+    settings changed) and ``checkpoint_every_s`` (the backup and best
+    checkpoint are written at most this often, in seconds; 0 = every epoch;
+    an interrupted or failed run still writes its last completed epoch
+    before it exits, so only a hard kill loses up to this much work).
 
     Example:
 
@@ -210,6 +213,22 @@ class RunSettings:
     deterministic: bool = False
     run_dir: str | None = None
     force_resume: bool = False
+    checkpoint_every_s: float = 30.0
+
+    def __post_init__(self):
+        check_checkpoint_interval(self.checkpoint_every_s)
+
+
+def check_checkpoint_interval(seconds):
+    """Raise ``ValueError`` unless ``seconds`` is a number >= 0.
+
+    Example:
+
+    >>> check_checkpoint_interval(0)
+    """
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
+        raise ValueError(f"checkpoint_every_s must be a number of seconds >= 0 (0 writes "
+                         f"every epoch). Received: {seconds!r}")
 
 
 _RUN_KEYS = tuple(f.name for f in dataclasses.fields(RunSettings))

@@ -23,18 +23,19 @@ from fmkeras.train import EXIT_TERMINATED
 EPOCHS = 6
 
 
-def command(data, run_dir):
+def command(data, run_dir, every_s=0):
     return [sys.executable, "-m", "fmkeras.train", "image-classification",
             "--set", f"data.path={data}", "--set", f"train.epochs={EPOCHS}",
             "--set", "data.image_size=16", "--set", "data.color_mode=rgb",
             "--set", "deterministic=true", "--set", "export.enabled=false",
             "--set", "train.verbose=0", "--set", "data.augment.horizontal_flip=true",
-            "--run-dir", str(run_dir)]
+            "--set", f"checkpoint_every_s={every_s}", "--run-dir", str(run_dir)]
 
 
-def start(data, run_dir):
+def start(data, run_dir, every_s=0):
+    """The run; ``every_s=0`` writes each epoch (a hard kill loses what an interval holds)."""
     env = dict(os.environ, PYTHONPATH=REPO)
-    return subprocess.Popen(command(data, run_dir), env=env, stdout=subprocess.DEVNULL,
+    return subprocess.Popen(command(data, run_dir, every_s), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
 
 
@@ -95,7 +96,8 @@ def test_resume_after_sigkill_is_bitwise_equal(data, straight, tmp_path):
 
 def test_sigterm_exits_143_and_the_next_run_resumes(data, tmp_path):
     run_dir = tmp_path / "termed"
-    proc = start(data, run_dir)
+    # An interval longer than the run: the epoch SIGTERM keeps is written on the way out.
+    proc = start(data, run_dir, every_s=3600)
     assert wait_for_epochs(proc, run_dir, 1)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
@@ -142,7 +144,7 @@ def tiny(data, run_dir, *overrides):
     base = [f"data.path={data}", f"run_dir={run_dir}", "data.image_size=8",
             "data.color_mode=rgb", "data.batch_size=8", "model.filters=[4]",
             "model.dense_units=8", "train.epochs=4", "train.warmup_epochs=0",
-            "export.enabled=false", "train.verbose=0"]
+            "export.enabled=false", "train.verbose=0", "checkpoint_every_s=0"]
     return config_lib.load_config(task.ImageClassificationConfig, None, base + list(overrides))
 
 
@@ -219,6 +221,68 @@ def test_best_checkpoint_value_survives_a_resume(data, tmp_path):
     task.run(config)
     again = json.loads((tmp_path / "run" / "checkpoints" / "best.keras.best.json").read_text())
     assert again["best"] <= state["best"]
+
+
+# --- checkpoint_every_s: fewer writes, nothing lost short of a hard kill -----------------
+
+class Recorder(keras.callbacks.Callback):
+    """Weights and losses at each epoch end; checkpoint files seen before the run ended."""
+
+    def __init__(self, run_dir, raise_in_epoch=None):
+        super().__init__()
+        self.run_dir, self.raise_in_epoch = run_dir, raise_in_epoch
+        self.weights, self.losses, self.files = [], [], []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.weights.append(self.model.get_weights())
+        self.losses.append(logs["loss"])
+        folder = os.path.join(self.run_dir, "checkpoints")
+        self.files.append(sorted(f for _, _, names in os.walk(folder) for f in names))
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.epoch == self.raise_in_epoch and batch == 1:
+            raise Stop()  # mid-epoch: the weights no longer match an epoch end
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+
+def test_interval_holds_back_writes_and_an_exception_writes_the_last_epoch(data, tmp_path):
+    run_dir = str(tmp_path / "run")
+    recorder = Recorder(run_dir, raise_in_epoch=3)
+    config = tiny(data, run_dir, "checkpoint_every_s=3600", "data.validation_split=0.0")
+    with pytest.raises(Stop):
+        task.run(config, callbacks=[recorder])
+    # Nothing was written while training: the interval had not passed.
+    assert not any(f.endswith((".h5", ".keras")) for files in recorder.files for f in files)
+    assert backups(run_dir) == ["epoch-0003.weights.h5"]  # written on the way out
+    model = recorder.model
+    model.load_weights(os.path.join(run_dir, "checkpoints", "backup", "epoch-0003.weights.h5"))
+    for saved, at_epoch_end in zip(model.get_weights(), recorder.weights[2]):
+        np.testing.assert_array_equal(saved, at_epoch_end)  # not the mid-epoch weights
+    best = keras.saving.load_model(os.path.join(run_dir, "checkpoints", "best.keras"))
+    best_epoch = int(np.argmin(recorder.losses))
+    for saved, expected in zip(best.get_weights(), recorder.weights[best_epoch]):
+        np.testing.assert_array_equal(saved, expected)
+    first = FirstEpoch()
+    task.run(tiny(data, run_dir, "checkpoint_every_s=3600", "data.validation_split=0.0"),
+             callbacks=[first])
+    assert first.first == 3
+    assert [int(r["epoch"]) for r in rows(run_dir)] == [0, 1, 2, 3]
+
+
+def test_interval_zero_writes_every_epoch(data, tmp_path):
+    run_dir = str(tmp_path / "run")
+    recorder = Recorder(run_dir)
+    task.run(tiny(data, run_dir, "checkpoint_every_s=0"), callbacks=[recorder])
+    for epoch, files in enumerate(recorder.files):
+        assert f"epoch-{epoch + 1:04d}.weights.h5" in files and "best.keras" in files
+
+
+@pytest.mark.parametrize("value", ["-1", "soon", "true"])
+def test_bad_checkpoint_interval_is_refused(data, tmp_path, value):
+    with pytest.raises(ConfigError, match="checkpoint_every_s"):
+        tiny(data, str(tmp_path / "run"), f"checkpoint_every_s={value}")
 
 
 # Point 5: dependency floors exclude releases with known deserialization advisories.

@@ -293,6 +293,7 @@ def _load_done_phase(model, run_dir, phase, identity, force):
 
 def _save_done_phase(model, run_dir, phase, identity):
     path = _phase_done_path(run_dir, phase)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     weights = model.get_weights()
     tmp = f"{path}.tmp.npz"
     np.savez(tmp, identity=json.dumps(identity, sort_keys=True), count=len(weights),
@@ -304,7 +305,7 @@ def _fit_phase(model, config, splits, run_dir, phase, learning_rate, epochs, ini
                callbacks, dist, identity=None):
     """Compile (the trainable set changed) and fit one phase, logging history_phase<N>.csv.
 
-    Each phase backs itself up every epoch (``checkpoints/backup_phase<N>``)
+    Each phase backs itself up (``checkpoints/backup_phase<N>``, see ``checkpoint_every_s``)
     and leaves ``checkpoints/phase<N>_done.npz`` when it completes, so a
     rerun of an interrupted run skips finished phases and resumes the
     current one at its last completed epoch.
@@ -324,7 +325,8 @@ def _fit_phase(model, config, splits, run_dir, phase, learning_rate, epochs, ini
     resume = checkpoints_lib.has_backup(backup_dir)
     fit_callbacks = [
         checkpoints_lib.ResumableBackup(backup_dir, identity, config.force_resume,
-                                        history_path=history_path),
+                                        history_path=history_path,
+                                        interval_s=config.checkpoint_every_s),
         callbacks_lib.NaNGuard(),
         callbacks_lib.LossScaleGuard(),
         keras.callbacks.CSVLogger(history_path, append=resume),
@@ -335,7 +337,7 @@ def _fit_phase(model, config, splits, run_dir, phase, learning_rate, epochs, ini
                  epochs=initial_epoch + epochs, initial_epoch=initial_epoch,
                  callbacks=fit_callbacks, verbose=train.verbose, shuffle=False)
     finally:
-        callbacks_lib.close_files(fit_callbacks)
+        callbacks_lib.after_fit(fit_callbacks)
     _save_done_phase(model, run_dir, phase, identity)
     return cls_eval.read_history(history_path)
 

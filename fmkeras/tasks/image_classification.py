@@ -442,12 +442,12 @@ def run(config, callbacks=()):
         reduce_lr_patience=2 if train.schedule == "plateau" else None, resume=resume,
         extra=[*splits.callbacks, *callbacks], seed=config.seed,
         identity={**resume_identity(config, splits), "replicas": dist.replicas},
-        force_resume=config.force_resume)
+        force_resume=config.force_resume, every_s=config.checkpoint_every_s)
     try:
         dist.fit(model, dist.dataset(splits.train), validation_data=splits.validation,
                  epochs=train.epochs, callbacks=callbacks, verbose=train.verbose, shuffle=False)
     finally:
-        callbacks_lib.close_files(callbacks)
+        callbacks_lib.after_fit(callbacks)
 
     best = os.path.join(run_dir, "checkpoints", "best.keras")
     if os.path.exists(best):

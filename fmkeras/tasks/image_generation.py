@@ -119,6 +119,10 @@ class ImageGenerationConfig:
     seed: int = 42
     run_dir: str | None = None
     force_resume: bool = False
+    checkpoint_every_s: float = 30.0
+
+    def __post_init__(self):
+        config_lib.check_checkpoint_interval(self.checkpoint_every_s)
 
 
 def _check_config(config):
@@ -400,14 +404,15 @@ def run(config, callbacks=()):
         gan_callbacks.GANCheckpoint(os.path.join(run_dir, "checkpoints"), latest_only=True),
         guard,
         *callbacks_lib.resumable_callbacks(run_dir, identity, config.force_resume,
-                                           nan_guard=False),  # GANGuard watches both losses
+                                           nan_guard=False,  # GANGuard watches both losses
+                                           every_s=config.checkpoint_every_s),
         *callbacks,
     ]
     try:
         fit_history = dist.fit(gan, dist.dataset(gan_ds), epochs=t.epochs,
                                callbacks=fit_callbacks, verbose=t.verbose, shuffle=False)
     finally:
-        callbacks_lib.close_files(fit_callbacks)
+        callbacks_lib.after_fit(fit_callbacks)
 
     n = min(config.evaluation.num_samples, len(test_index))
     if n < 2:

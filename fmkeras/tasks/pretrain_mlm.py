@@ -216,14 +216,15 @@ def run(config, callbacks=()):
                          "sequence_length": data.sequence_length, "mask_rate": data.mask_rate,
                          "train_texts": len(train_texts), "vocab_size": vocab_size},
                 "replicas": dist.replicas}
-    fit_callbacks = [*callbacks_lib.resumable_callbacks(run_dir, identity, config.force_resume),
+    fit_callbacks = [*callbacks_lib.resumable_callbacks(run_dir, identity, config.force_resume,
+                                                        every_s=config.checkpoint_every_s),
                      *callbacks]
     try:
         dist.fit(model, dist.dataset(train_ds, file_based=False), validation_data=val_ds,
                  epochs=train.epochs, callbacks=fit_callbacks, verbose=train.verbose,
                  shuffle=False)
     finally:
-        callbacks_lib.close_files(fit_callbacks)
+        callbacks_lib.after_fit(fit_callbacks)
 
     val_loss, val_accuracy = model.evaluate(val_ds, verbose=0)
     model_path = os.path.join(run_dir, "mlm.keras")

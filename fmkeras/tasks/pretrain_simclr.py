@@ -158,14 +158,15 @@ def run(config, callbacks=()):
                          "image_size": data.image_size, "train_samples": splits.train_samples},
                 "replicas": dist.replicas}
     fit_callbacks = [
-        *callbacks_lib.resumable_callbacks(run_dir, identity, config.force_resume),
+        *callbacks_lib.resumable_callbacks(run_dir, identity, config.force_resume,
+                                           every_s=config.checkpoint_every_s),
         callbacks_lib.EpochSeeds(config.seed), *splits.callbacks, *callbacks]
     try:
         dist.fit(model, dist.dataset(splits.train), validation_data=splits.validation,
                  epochs=train.epochs, callbacks=fit_callbacks, verbose=train.verbose,
                  shuffle=False)
     finally:
-        callbacks_lib.close_files(fit_callbacks)
+        callbacks_lib.after_fit(fit_callbacks)
 
     encoder_path = os.path.join(run_dir, "encoder.keras")
     encoder.save(encoder_path)

@@ -205,13 +205,13 @@ def fit_text_model(model, config, run_dir, train_ds, val_ds, identity, callbacks
         run_dir, monitor=monitor, early_stopping_patience=config.train.early_stopping_patience,
         reduce_lr_patience=2 if config.train.schedule == "plateau" else None, resume=resume,
         extra=list(callbacks), seed=config.seed, identity=identity,
-        force_resume=config.force_resume)
+        force_resume=config.force_resume, every_s=config.checkpoint_every_s)
     try:
         dist.fit(model, dist.dataset(train_ds, file_based=False), validation_data=val_ds,
                  epochs=config.train.epochs, callbacks=callbacks,
                  verbose=config.train.verbose, shuffle=False)
     finally:
-        callbacks_lib.close_files(callbacks)
+        callbacks_lib.after_fit(callbacks)
     best = os.path.join(run_dir, "checkpoints", "best.keras")
     if os.path.exists(best):
         model.load_weights(best)

@@ -5,12 +5,19 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 
 import keras
 import numpy as np
 
 from fmkeras.errors import FmkerasError
-from fmkeras.training.checkpoints import ResumableBackup, has_backup
+from fmkeras.training.checkpoints import (
+    Interval,
+    ResumableBackup,
+    has_backup,
+    snapshot,
+    written_from,
+)
 
 
 class NonFiniteLossError(FmkerasError):
@@ -141,26 +148,34 @@ class BestCheckpoint(keras.callbacks.ModelCheckpoint):
     The best value so far is written beside the checkpoint
     (``<file>.best.json``) after each save and read back when training
     starts, so a resumed run does not overwrite a better checkpoint with the
-    first epoch it trains.
+    first epoch it trains. With ``interval_s`` > 0 the file is written at
+    most once per ``interval_s`` seconds: a better epoch in between waits in
+    memory and is written when the interval has passed, when training ends
+    or by :meth:`flush`.
 
     Args:
         filepath: str. The ``.keras`` file.
         monitor: str. Metric to watch (lower is better for losses, higher
             for accuracies, as Keras infers).
+        interval_s: float. Seconds between writes; 0 writes every improvement.
 
     Example:
 
     >>> best = BestCheckpoint("/tmp/fmkeras-example/best.keras", monitor="val_loss")
     """
 
-    def __init__(self, filepath, monitor="val_loss"):
+    def __init__(self, filepath, monitor="val_loss", interval_s=0.0):
         super().__init__(filepath, monitor=monitor, save_best_only=True)
         self.state_path = f"{filepath}.best.json"
+        self.clock = Interval(interval_s)
+        self._pending = None  # (epoch, weights) of a best epoch not yet written
         # Only the epoch hooks act: keep Keras' asynchronous step dispatch.
         self.async_safe = True
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
+        self._pending = None
+        self.clock.reset()
         if os.path.exists(self.state_path) and os.path.exists(self.filepath):
             with open(self.state_path, encoding="utf-8") as f:
                 state = json.load(f)
@@ -168,14 +183,40 @@ class BestCheckpoint(keras.callbacks.ModelCheckpoint):
                 self.best = float(state["best"])
 
     def on_epoch_end(self, epoch, logs=None):
-        before = self.best
-        super().on_epoch_end(epoch, logs)
-        if self.best != before:
+        if self.monitor_op is None:
+            self._set_monitor_op()
+        if self._should_save_model(epoch, None, logs, self.filepath):
+            self._pending = None
+            if self.clock.due():
+                self._write(epoch)
+            else:
+                self._pending = (epoch, snapshot(self.model.weights))
+        elif self._pending is not None and self.clock.due():
+            self.flush()
+
+    def _write(self, epoch):
+        dirname = os.path.dirname(self.filepath)
+        if dirname:
+            os.makedirs(dirname, exist_ok=True)
+        self.model.save(self.filepath, overwrite=True)
+        if self.best is not None:
             tmp = f"{self.state_path}.tmp"
             with open(tmp, "w", encoding="utf-8") as f:
                 json.dump({"monitor": self.monitor, "best": float(self.best),
                            "epoch": epoch}, f)
             os.replace(tmp, self.state_path)
+        self.clock.reset()
+
+    def flush(self):
+        """Write the best epoch the interval held back, if any."""
+        if self._pending is None:
+            return
+        epoch, values = self._pending
+        self._pending = None
+        written_from(self.model.weights, values, lambda: self._write(epoch))
+
+    def on_train_end(self, logs=None):
+        self.flush()
 
 
 class EpochTensorBoard(keras.callbacks.TensorBoard):
@@ -222,7 +263,8 @@ def prepare_resume(run_dir):
     return has_backup(os.path.join(run_dir, "checkpoints", "backup"))
 
 
-def resumable_callbacks(run_dir, identity=None, force_resume=False, nan_guard=True):
+def resumable_callbacks(run_dir, identity=None, force_resume=False, nan_guard=True,
+                        every_s=0.0):
     """Backup (so a rerun resumes), ``history.csv`` and TensorBoard, without a best checkpoint.
 
     For tasks whose product is not "the best classifier" (pretraining, GANs).
@@ -232,6 +274,8 @@ def resumable_callbacks(run_dir, identity=None, force_resume=False, nan_guard=Tr
         identity: optional dict. What must match to resume.
         force_resume: bool. Resume even if ``identity`` changed.
         nan_guard: bool. Add :class:`NaNGuard` (it watches ``loss``).
+        every_s: float. Write the backup at most this often, in seconds
+            (0: every epoch); see :class:`ResumableBackup`.
 
     Example:
 
@@ -242,7 +286,7 @@ def resumable_callbacks(run_dir, identity=None, force_resume=False, nan_guard=Tr
     resume = prepare_resume(run_dir)
     os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
     callbacks = [ResumableBackup(os.path.join(run_dir, "checkpoints", "backup"), identity,
-                                 force_resume, history_path=history)]
+                                 force_resume, history_path=history, interval_s=every_s)]
     if nan_guard:
         callbacks += [NaNGuard(), LossScaleGuard()]
     callbacks += [keras.callbacks.CSVLogger(history, append=resume),
@@ -250,16 +294,32 @@ def resumable_callbacks(run_dir, identity=None, force_resume=False, nan_guard=Tr
     return callbacks
 
 
-def close_files(callbacks):
-    """Close files callbacks left open when ``fit`` ended by an exception.
+def after_fit(callbacks):
+    """Finish what callbacks left undone when ``fit`` ended by an exception.
 
-    ``CSVLogger`` closes its file in ``on_train_end``, which Keras skips when
-    training raises; the history written so far must still reach the disk.
+    Call it in a ``finally`` after ``fit``. Keras skips ``on_train_end`` when
+    training raises, so:
+
+    - checkpoints held back by ``checkpoint_every_s`` (the ``flush`` of
+      :class:`ResumableBackup` and :class:`BestCheckpoint`) are written: the
+      rerun resumes after the last completed epoch;
+    - files left open (``CSVLogger``'s) are closed, so the history written so
+      far reaches the disk.
+
+    After a normal ``fit`` there is nothing left to do.
 
     Example:
 
-    >>> close_files([])
+    >>> after_fit([])
     """
+    for callback in callbacks:
+        flush = getattr(callback, "flush", None)
+        if callable(flush):
+            try:
+                flush()
+            except Exception as err:  # noqa: BLE001 - never hide the error that stopped fit
+                warnings.warn(f"Could not write the last checkpoint of {type(callback).__name__}:"
+                              f" {type(err).__name__}: {err}", RuntimeWarning, stacklevel=2)
     for callback in callbacks:
         handle = getattr(callback, "csv_file", None)
         if handle is not None and not handle.closed:
@@ -268,7 +328,7 @@ def close_files(callbacks):
 
 def standard_callbacks(run_dir, monitor="val_loss", early_stopping_patience=None,
                        reduce_lr_patience=None, resume=False, extra=(), seed=None,
-                       identity=None, force_resume=False):
+                       identity=None, force_resume=False, every_s=0.0):
     """The callbacks every fmkeras training run uses.
 
     Writes into ``run_dir``: ``checkpoints/best.keras`` (best ``monitor``),
@@ -290,6 +350,9 @@ def standard_callbacks(run_dir, monitor="val_loss", early_stopping_patience=None
         identity: optional dict. What must match to resume (see
             :class:`fmkeras.training.checkpoints.ResumableBackup`).
         force_resume: bool. Resume even if ``identity`` changed.
+        every_s: float. Write the backup and the best checkpoint at most this
+            often, in seconds (0: at every epoch end); held-back epochs are
+            written by :func:`after_fit` if ``fit`` raises.
 
     Returns:
         list of ``keras.callbacks.Callback``.
@@ -303,8 +366,10 @@ def standard_callbacks(run_dir, monitor="val_loss", early_stopping_patience=None
     checkpoints = os.path.join(run_dir, "checkpoints")
     os.makedirs(checkpoints, exist_ok=True)
     backup = ResumableBackup(os.path.join(checkpoints, "backup"), identity, force_resume,
-                             history_path=os.path.join(run_dir, "history.csv"))
-    best = BestCheckpoint(os.path.join(checkpoints, "best.keras"), monitor=monitor)
+                             history_path=os.path.join(run_dir, "history.csv"),
+                             interval_s=every_s)
+    best = BestCheckpoint(os.path.join(checkpoints, "best.keras"), monitor=monitor,
+                          interval_s=every_s)
     callbacks = [
         backup,
         NaNGuard(),

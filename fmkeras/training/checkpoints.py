@@ -2,9 +2,16 @@
 
 :class:`ResumableBackup` replaces ``keras.callbacks.BackupAndRestore``:
 
-- every epoch it writes ``backup/epoch-NNNN.weights.h5`` (model and optimizer
-  variables) to a temporary name, reloads nothing half-written, renames it
-  into place, then records ``state.json``; the two newest epochs are kept;
+- at the end of an epoch it writes ``backup/epoch-NNNN.weights.h5`` (model
+  and optimizer variables) to a temporary name, renames it into place, then
+  records ``state.json``; the two newest epochs are kept;
+- with ``interval_s`` > 0 it writes at most once per ``interval_s`` seconds
+  (the ``checkpoint_every_s`` config key; short epochs would otherwise spend
+  a large share of their time writing files). An epoch it does not write is
+  kept in memory, and :meth:`ResumableBackup.flush` writes it when training
+  stops by an exception, Ctrl-C or SIGTERM (the tasks call it through
+  :func:`fmkeras.training.callbacks.after_fit`); only a hard kill loses
+  work, at most ``interval_s`` seconds of it;
 - when training starts it restores the newest checkpoint that loads; a
   truncated, zero-byte or foreign file is skipped with a warning naming it,
   and if none loads the run starts fresh from its initial weights (never a
@@ -27,9 +34,11 @@ import math
 import os
 import re
 import shutil
+import time
 import warnings
 
 import keras
+import numpy as np
 
 from fmkeras.errors import ConfigError
 
@@ -86,6 +95,65 @@ def _truncate_history(path, completed):
         csv.writer(f).writerows(kept)
 
 
+class Interval:
+    """A clock that says when ``seconds`` have passed since the last :meth:`reset`.
+
+    ``seconds`` <= 0 means always due.
+
+    Example:
+
+    >>> Interval(0).due(), Interval(3600).due()
+    (True, False)
+    """
+
+    def __init__(self, seconds=0.0):
+        self.seconds = float(seconds)
+        self.reset()
+
+    def reset(self):
+        """Start counting again from now."""
+        self._last = time.monotonic()
+
+    def due(self):
+        """Whether ``seconds`` have passed since the last reset."""
+        return self.seconds <= 0 or time.monotonic() - self._last >= self.seconds
+
+
+def snapshot(variables):
+    """Host copies of ``variables`` (to write later with :func:`written_from`).
+
+    Example:
+
+    >>> import keras
+    >>> v = keras.Variable([1.0, 2.0])
+    >>> snapshot([v])[0].tolist()
+    [1.0, 2.0]
+    """
+    return [np.array(v.numpy(), copy=True) for v in variables]
+
+
+def written_from(variables, values, write):
+    """Call ``write()`` while ``variables`` hold ``values``, then put back what they held.
+
+    Example:
+
+    >>> import keras
+    >>> v = keras.Variable([1.0])
+    >>> written_from([v], [[5.0]], lambda: print(v.numpy()))
+    [5.]
+    >>> v.numpy()
+    array([1.], dtype=float32)
+    """
+    current = snapshot(variables)
+    try:
+        for variable, value in zip(variables, values):
+            variable.assign(value)
+        write()
+    finally:
+        for variable, value in zip(variables, current):
+            variable.assign(value)
+
+
 def has_backup(backup_dir):
     """Whether ``backup_dir`` holds an epoch checkpoint (a run to resume).
 
@@ -98,7 +166,7 @@ def has_backup(backup_dir):
 
 
 class ResumableBackup(keras.callbacks.Callback):
-    """Back up training every epoch and resume from the newest good backup.
+    """Back up training at epoch ends and resume from the newest good backup.
 
     Args:
         backup_dir: str. Folder for the backups (``<run_dir>/checkpoints/backup``).
@@ -109,13 +177,17 @@ class ResumableBackup(keras.callbacks.Callback):
         history_path: optional str. A ``CSVLogger`` file; rows of epochs the
             restored checkpoint does not hold are dropped, so each epoch
             appears once.
+        interval_s: float. Write at most once per this many seconds; an
+            epoch not written waits in memory for the next write or for
+            :meth:`flush`. 0 writes every epoch.
 
     Example:
 
     >>> backup = ResumableBackup("/tmp/fmkeras-example/backup", {"model": {"depth": 8}})
     """
 
-    def __init__(self, backup_dir, identity=None, force=False, keep=2, history_path=None):
+    def __init__(self, backup_dir, identity=None, force=False, keep=2, history_path=None,
+                 interval_s=0.0):
         super().__init__()
         self.backup_dir = backup_dir
         self.history_path = history_path
@@ -123,6 +195,8 @@ class ResumableBackup(keras.callbacks.Callback):
         self.force = force
         self.keep = max(1, int(keep))
         self.restored_epoch = None
+        self.clock = Interval(interval_s)
+        self._pending = None  # (completed epochs, variable values) not yet written
         # Only the epoch hooks act: keep Keras' asynchronous step dispatch.
         self.async_safe = True
 
@@ -152,6 +226,8 @@ class ResumableBackup(keras.callbacks.Callback):
         # A model fitted before (fine-tuning phases) keeps the epoch an earlier restore
         # set; Keras would start this fit there.
         self.model._initial_epoch = None
+        self._pending = None
+        self.clock.reset()
         self.check_identity()
         checkpoints = self._checkpoints()
         if not checkpoints:
@@ -171,10 +247,15 @@ class ResumableBackup(keras.callbacks.Callback):
             optimizer.build(self.model.trainable_variables)
         return [optimizer]
 
-    def _restore(self, checkpoints):
+    def _variables(self):
+        """What a backup holds: the model's variables and its optimizers'."""
         variables = list(self.model.variables)
         for optimizer in self._optimizers():
             variables += list(optimizer.variables)
+        return variables
+
+    def _restore(self, checkpoints):
+        variables = self._variables()
         initial = [v.numpy() for v in variables]
 
         def reset():  # undo a partial load
@@ -212,10 +293,28 @@ class ResumableBackup(keras.callbacks.Callback):
                           f"({problems[0]})", RuntimeWarning, stacklevel=4)
 
     def on_epoch_end(self, epoch, logs=None):
-        os.makedirs(self.backup_dir, exist_ok=True)
         if logs and any(isinstance(v, float) and not math.isfinite(v) for v in logs.values()):
             return  # never back up an epoch that ended in NaN
-        completed = epoch + 1
+        if self.clock.due():
+            self._pending = None
+            self._write(epoch + 1)
+        else:
+            self._pending = (epoch + 1, snapshot(self._variables()))
+
+    def flush(self):
+        """Write the newest completed epoch if the interval held it back.
+
+        Call after ``fit`` raised (the weights then are mid-epoch; the
+        held-back values are those at the end of the epoch).
+        """
+        if self._pending is None:
+            return
+        completed, values = self._pending
+        self._pending = None
+        written_from(self._variables(), values, lambda: self._write(completed))
+
+    def _write(self, completed):
+        os.makedirs(self.backup_dir, exist_ok=True)
         final = os.path.join(self.backup_dir, f"epoch-{completed:04d}.weights.h5")
         tmp = os.path.join(self.backup_dir, f".tmp-epoch-{completed:04d}.weights.h5")
         self.model.save_weights(tmp, overwrite=True)
@@ -227,7 +326,9 @@ class ResumableBackup(keras.callbacks.Callback):
         os.replace(state_tmp, os.path.join(self.backup_dir, STATE_FILE))
         for _, old in self._checkpoints()[self.keep:]:
             os.remove(old)
+        self.clock.reset()
 
     def on_train_end(self, logs=None):
         # Reached only when fit returns normally: a crash or signal keeps the backup.
+        self._pending = None
         shutil.rmtree(self.backup_dir, ignore_errors=True)
