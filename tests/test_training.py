@@ -47,7 +47,24 @@ def test_cosine_schedule_warms_up_and_decays():
     assert float(lr(100)) == pytest.approx(0.0, abs=1e-6)
 
 
+def test_onecycle_climbs_then_falls_linearly_and_round_trips(tmp_path):
+    lr = optimizers.learning_rate_schedule(1.0, "onecycle", total_steps=100, warmup_steps=25)
+    values = [float(lr(step)) for step in (0, 10, 25, 50, 100, 150)]
+    assert values == pytest.approx([0.2, 0.52, 1.0, 1 - 0.93 / 3, 0.07, 0.07])
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizers.build_optimizer("sgd", lr, momentum=0.85), "mse")
+    model.fit(np.ones((4, 2)), np.ones((4, 1)), verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert loaded.optimizer.momentum == pytest.approx(0.85) and loaded.optimizer.nesterov
+    assert float(loaded.optimizer.learning_rate) == pytest.approx(float(lr(1)))
+    with pytest.raises(ConfigError, match="total_steps=10, warmup_steps=10"):
+        optimizers.learning_rate_schedule(1.0, "onecycle", total_steps=10, warmup_steps=10)
+
+
 def test_bad_optimizer_and_schedule():
+    with pytest.raises(ConfigError, match="Received: momentum=1.0"):
+        optimizers.build_optimizer("sgd", 0.1, momentum=1.0)
     with pytest.raises(ConfigError, match="Received: optimizer='adamm'"):
         optimizers.build_optimizer("adamm", 0.1)
     with pytest.raises(ConfigError, match="Received: schedule='linear'"):
