@@ -105,3 +105,89 @@ def test_bad_arguments_name_what_was_received(call, message):
     with pytest.raises(ValueError, match="Received") as info:
         call()
     assert message in str(info.value)
+
+
+# --- fast_cnn and PatchWhitening ------------------------------------------------------
+
+from fmkeras.models import PatchWhitening, adapt_whitening, fast_cnn  # noqa: E402
+
+
+def correlated_images(n=256, size=12, seed=0):
+    """Smooth, channel-correlated images: their 2x2 patches are far from white."""
+    rng = np.random.default_rng(seed)
+    base = rng.random((n, size // 2, size // 2, 1))
+    grey = np.kron(base, np.ones((1, 2, 2, 1)))
+    return (grey * [0.9, 0.5, 0.2] + 0.05 * rng.random((n, size, size, 3))).astype("float32")
+
+
+def test_fast_cnn_parameter_count_and_layers():
+    model = fast_cnn((32, 32, 3), 10, widths=(8, 16, 16))
+    # whitening 2x2x3x24 + 24 bias; each block conv(cin->w) + conv(w->w), no bias;
+    # each batch norm: beta + moving mean + moving variance (no gamma); head 16 x 10.
+    convs = 9 * (24 * 8 + 8 * 8 + 8 * 16 + 16 * 16 + 16 * 16 + 16 * 16)
+    norms = 3 * 2 * (8 + 16 + 16)
+    assert model.count_params() == 2 * 2 * 3 * 24 + 24 + convs + norms + 16 * 10
+    assert model.output_shape == (None, 10)
+    assert model.get_layer("whitening").trainable_weights[0].name == "bias"
+    assert model.get_layer("predictions").dtype_policy.compute_dtype == "float32"
+
+
+def test_fast_cnn_rejects_images_too_small_for_its_blocks():
+    with pytest.raises(ValueError, match=r"at least 9.*input_shape=\(8, 8, 3\)"):
+        fast_cnn((8, 8, 3), 10, widths=(4, 4, 4))
+    with pytest.raises(ValueError, match="widths"):
+        fast_cnn((32, 32, 3), 10, widths=(4, 0))
+
+
+def test_patch_whitening_decorrelates_the_patches_it_was_adapted_to():
+    images = correlated_images()
+    layer = PatchWhitening()
+    layer.adapt(images)
+    out = keras.ops.convert_to_numpy(layer(images)).reshape(-1, 24)
+    np.testing.assert_allclose(out.mean(0), 0.0, atol=1e-3)
+    cov = np.cov(out[:, :12], rowvar=False)
+    # Identity but for epsilon, which shrinks the weakest directions (here the noise).
+    np.testing.assert_allclose(np.diag(cov)[:4], 1.0, atol=0.01)
+    assert np.diag(cov).max() < 1.0 + 1e-3
+    off_diagonal = cov - np.diag(np.diag(cov))
+    assert np.abs(off_diagonal).max() < 1e-3
+    np.testing.assert_allclose(out[:, 12:], -out[:, :12], atol=1e-5)
+
+
+def test_patch_whitening_bad_inputs_name_what_was_received():
+    layer = PatchWhitening()
+    with pytest.raises(ValueError, match=r"Received shape \(4, 12, 3\)"):
+        layer.adapt(np.zeros((4, 12, 3)))
+    layer.adapt(correlated_images(8))
+    with pytest.raises(ValueError, match="built for 3 channels. Received images with 1"):
+        layer.adapt(np.zeros((4, 12, 12, 1)))
+    with pytest.raises(ValueError, match="epsilon"):
+        PatchWhitening(epsilon=0)
+
+
+def test_fast_cnn_round_trip_keeps_the_adapted_whitening(tmp_path):
+    model = fast_cnn((12, 12, 3), 4, widths=(4, 8))
+    images = correlated_images(64)
+    assert adapt_whitening(model, images) == 1
+    path = str(tmp_path / "fast.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0),
+                               atol=1e-6)
+    np.testing.assert_array_equal(loaded.get_layer("whitening").kernel.numpy(),
+                                  model.get_layer("whitening").kernel.numpy())
+
+
+def test_fast_cnn_trains_and_keeps_its_whitening_frozen():
+    rng = np.random.default_rng(0)
+    images = correlated_images(64)
+    labels = keras.utils.to_categorical(rng.integers(0, 2, 64), 2)
+    images[labels[:, 1] == 1] *= 0.5  # a learnable difference
+    model = fast_cnn((12, 12, 3), 2, widths=(8, 8))
+    adapt_whitening(model, images)
+    kernel = model.get_layer("whitening").kernel.numpy()
+    model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "categorical_crossentropy")
+    before = model.evaluate(images, labels, verbose=0)
+    model.fit(images, labels, epochs=8, batch_size=16, verbose=0)
+    assert model.evaluate(images, labels, verbose=0) < before
+    np.testing.assert_array_equal(model.get_layer("whitening").kernel.numpy(), kernel)

@@ -161,3 +161,48 @@ def test_resumed_run_matches_an_uninterrupted_one_bitwise(tmp_path):
     for a, b in zip(straight.model.get_weights(), resumed.model.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert len(read_rows(os.path.join(str(tmp_path / "resumed"), "history.csv"))) == 4
+
+
+def test_fast_cnn_is_adapted_to_the_training_images_before_fit(tmp_path):
+    data = write_image_folder(tmp_path / "imgs", per_class=12, size=(16, 16))
+    config = tiny_config(data, str(tmp_path / "run"), "data.image_size=16", "model.name=fast_cnn",
+                         "model.filters=[4, 8]", "train.optimizer=sgd", "train.momentum=0.85",
+                         "train.schedule=onecycle", "train.warmup_epochs=1",
+                         "train.learning_rate=0.2", "export.enabled=false", "train.verbose=0")
+    seen = {}
+
+    class Kernel(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen["kernel"] = self.model.get_layer("whitening").kernel.numpy()
+
+    result = task.run(config, callbacks=[Kernel()])
+    assert 0.0 <= result.metrics["test_accuracy"] <= 1.0
+    best = keras.saving.load_model(os.path.join(result.run_dir, "checkpoints", "best.keras"))
+    whitening = best.get_layer("whitening")
+    np.testing.assert_array_equal(whitening.kernel.numpy(), seen["kernel"])  # frozen
+    train = task.load_splits(config.data, config.seed)[0]
+    images = np.stack([keras.utils.img_to_array(keras.utils.load_img(p)) / 255.0
+                       for p in train.paths])
+    patches = whitening.kernel.numpy().reshape(12, 24)[:, :12]
+    # Adapted, not random: the training images' patches come out decorrelated.
+    sample = np.stack([images[:, i:i + 15, j:j + 15, :] for i in (0, 1) for j in (0, 1)],
+                      axis=3).reshape(-1, 12)
+    raw = np.cov(sample, rowvar=False)
+    assert np.abs(raw - np.diag(np.diag(raw))).max() > 0.05  # the pixels are correlated
+    cov = np.cov(sample @ patches, rowvar=False)
+    assert np.abs(cov - np.diag(np.diag(cov))).max() < 0.05
+    assert result.metrics["precision_policy"] == "float32"
+
+
+def test_cifar10_fast_preset_runs_on_a_small_folder(tmp_path):
+    data = write_image_folder(tmp_path / "imgs", classes=("a", "b", "c"), per_class=12,
+                              size=(32, 32))
+    config = config_lib.load_config(task.ImageClassificationConfig, "cifar10_fast", [
+        f"data.path={data}", f"run_dir={tmp_path / 'run'}", "data.batch_size=8",
+        "data.validation_split=0.0", "train.epochs=4", "train.verbose=0",
+        "export.enabled=false"])
+    result = task.run(config)
+    assert result.model.name == "fast_cnn"
+    assert result.model.optimizer.momentum == pytest.approx(0.85)
+    rows = read_rows(os.path.join(result.run_dir, "history.csv"))
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])

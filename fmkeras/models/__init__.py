@@ -10,7 +10,7 @@ from fmkeras.models.backbones import (
     backbone,
     image_classifier,
 )
-from fmkeras.models.cnn import mlp, resnet, simple_cnn
+from fmkeras.models.cnn import PatchWhitening, adapt_whitening, fast_cnn, mlp, resnet, simple_cnn
 from fmkeras.models.dcgan import dcgan_discriminator, dcgan_generator
 from fmkeras.models.decoding import beam_search, greedy_search
 from fmkeras.models.gan import GAN
@@ -29,7 +29,8 @@ from fmkeras.models.transformer import (
 )
 
 __all__ = [
-    "BACKBONE_NAMES", "PixelPreprocessing", "SimCLR", "backbone", "image_classifier",
+    "BACKBONE_NAMES", "PatchWhitening", "PixelPreprocessing", "SimCLR", "adapt_whitening",
+    "backbone", "fast_cnn", "image_classifier",
     "mask_tokens", "mlm_model", "nt_xent_loss",
     "GAN", "ClassToken", "FirstToken", "PositionalEmbedding", "TransformerDecoderBlock",
     "TransformerEncoderBlock", "beam_search", "cross_attention_weights", "dcgan_discriminator",

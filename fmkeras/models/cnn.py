@@ -1,4 +1,4 @@
-"""Image classifier builders: the tutorial CNN, the CIFAR ResNet and an MLP.
+"""Image classifier builders: the tutorial CNN, the CIFAR ResNet, a fast CIFAR net and an MLP.
 
 Every builder returns an uncompiled Functional ``keras.Model``, names each
 layer deterministically, passes ``dtype`` to every layer so a mixed-precision
@@ -9,7 +9,8 @@ computed at full precision.
 from __future__ import annotations
 
 import keras
-from keras import layers
+import numpy as np
+from keras import layers, ops
 
 from fmkeras.models._checks import check_input_shape, check_positive_int, check_rate
 
@@ -201,6 +202,193 @@ def resnet(input_shape, num_classes, depth=20, base_filters=16, activation="soft
     x = layers.GlobalAveragePooling2D(dtype=dtype, name="avg_pool")(x)
     outputs = _head(x, num_classes, activation, dtype)
     return keras.Model(inputs, outputs, name=name or f"resnet{depth}")
+
+
+@keras.saving.register_keras_serializable(package="fmkeras")
+class PatchWhitening(layers.Layer):
+    """A frozen ``patch_size`` x ``patch_size`` convolution that whitens image patches.
+
+    :meth:`adapt` sets the kernel from data: the eigenvectors of the patch
+    covariance scaled by ``1 / sqrt(eigenvalue + epsilon * mean eigenvalue)``,
+    each with its negative (``2 * patch_size**2 * channels`` filters), and the
+    bias so that the outputs have zero mean. The kernel is not trained; the
+    bias is. This first layer makes the features the next layers see
+    decorrelated from the first step, which is much of how a small network
+    learns CIFAR-10 in a few epochs (Jordan, "94% on CIFAR-10 in 3.29
+    seconds on a single GPU", 2024). Before ``adapt`` the kernel is a fixed
+    random projection.
+
+    Args:
+        patch_size: int. Side of the patches (and of the kernel); ``valid``
+            padding, so the output is ``patch_size - 1`` pixels smaller.
+        epsilon: float. Added to the eigenvalues, relative to their mean.
+
+    Example:
+
+    >>> layer = PatchWhitening()
+    >>> images = np.random.default_rng(0).random((64, 8, 8, 3)).astype("float32")
+    >>> layer.adapt(images)
+    >>> tuple(layer(images).shape)
+    (64, 7, 7, 24)
+    """
+
+    def __init__(self, patch_size=2, epsilon=5e-4, **kwargs):
+        super().__init__(**kwargs)
+        check_positive_int("patch_size", patch_size)
+        if not epsilon > 0:
+            raise ValueError(f"Expected epsilon > 0. Received: epsilon={epsilon!r}")
+        self.patch_size = int(patch_size)
+        self.epsilon = float(epsilon)
+
+    def build(self, input_shape):
+        channels = int(input_shape[-1])
+        filters = 2 * self.patch_size ** 2 * channels
+        self.kernel = self.add_weight(
+            shape=(self.patch_size, self.patch_size, channels, filters), name="kernel",
+            initializer="glorot_uniform", trainable=False)
+        self.bias = self.add_weight(shape=(filters,), name="bias", initializer="zeros")
+
+    def adapt(self, images):
+        """Set the kernel and bias from ``images`` (``[n, h, w, c]``, as the model gets them).
+
+        Raises:
+            ValueError: ``images`` is not 4-D, its channels differ from the
+                layer's input, or it is smaller than one patch.
+        """
+        images = np.asarray(images, dtype="float64")
+        p = self.patch_size
+        if images.ndim != 4 or min(images.shape[1:3]) < p or not len(images):
+            raise ValueError(f"PatchWhitening.adapt expects images [n, height, width, channels] "
+                             f"of at least {p}x{p} pixels. Received shape {images.shape}")
+        if not self.built:
+            self.build(images.shape)
+        channels = images.shape[-1]
+        if self.kernel.shape[2] != channels:
+            raise ValueError(f"PatchWhitening was built for {self.kernel.shape[2]} channels. "
+                             f"Received images with {channels}")
+        h, w = images.shape[1] - p + 1, images.shape[2] - p + 1
+        # Patches flattened in the kernel's (row, column, channel) order.
+        patches = np.stack([images[:, i:i + h, j:j + w, :] for i in range(p) for j in range(p)],
+                           axis=3).reshape(-1, p * p * channels)
+        mean = patches.mean(0)
+        centred = patches - mean
+        eigenvalues, vectors = np.linalg.eigh(centred.T @ centred / len(centred))
+        eigenvalues = np.maximum(eigenvalues, 0.0)[::-1]
+        vectors = vectors[:, ::-1]  # strongest direction first
+        scaled = vectors / np.sqrt(eigenvalues + self.epsilon * eigenvalues.mean() + 1e-12)
+        filters = np.concatenate([scaled, -scaled], axis=1)
+        self.kernel.assign(filters.reshape(p, p, channels, -1).astype("float32"))
+        self.bias.assign((-mean @ filters).astype("float32"))
+
+    def call(self, inputs):
+        kernel = ops.cast(self.kernel, inputs.dtype)
+        return ops.conv(inputs, kernel, padding="valid") + ops.cast(self.bias, inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        shrink = self.patch_size - 1
+        size = [None if s is None else s - shrink for s in input_shape[1:3]]
+        return (input_shape[0], *size, 2 * self.patch_size ** 2 * input_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "patch_size": self.patch_size, "epsilon": self.epsilon}
+
+
+def fast_cnn(input_shape, num_classes, widths=(64, 256, 256), whitening=True,
+             bn_momentum=0.4, logit_scale=1 / 9, activation="softmax", dtype=None,
+             name="fast_cnn"):
+    """A small fast-to-train CNN for 32x32 images, after Jordan's airbench (2024).
+
+    A 2x2 :class:`PatchWhitening` layer (call :func:`adapt_whitening` on
+    training images before ``fit``; the image-classification task does),
+    then one block per entry of ``widths``: conv 3x3, max-pool 2, batch
+    norm, GELU, conv 3x3, batch norm, GELU (convolutions without bias, batch
+    norms without scale). Global max pooling and a bias-free dense layer
+    whose logits are multiplied by ``logit_scale``. Wide layers at low
+    resolution keep the arithmetic dense, which suits CPUs too.
+
+    Args:
+        input_shape: tuple of int. ``(height, width, channels)``, at least
+            ``2 ** len(widths) + 1`` pixels on each side.
+        num_classes: int.
+        widths: tuple of int. Channels of each block.
+        whitening: bool. ``PatchWhitening`` first; else a trainable 2x2 conv.
+        bn_momentum: float. Batch-norm moving-average momentum (Keras
+            convention: the weight of the old value); low, for short runs.
+        logit_scale: float. Factor on the logits.
+        activation: str. Final activation, computed in float32.
+        dtype: optional dtype policy name for every layer.
+        name: str. Model name.
+
+    Returns:
+        An uncompiled ``keras.Model``.
+
+    Example:
+
+    >>> model = fast_cnn((32, 32, 3), 10, widths=(32, 128, 128))
+    >>> model.count_params()
+    498680
+    """
+    input_shape = check_input_shape(input_shape, rank=3)
+    check_positive_int("num_classes", num_classes)
+    widths = tuple(widths)
+    for width in widths:
+        check_positive_int("widths", width)
+    min_side = 2 ** len(widths) + 1
+    if min(input_shape[:2]) < min_side:
+        raise ValueError(f"fast_cnn halves the image {len(widths)} times after a 2x2 valid "
+                         f"convolution, so height and width must be at least {min_side}. "
+                         f"Received: input_shape={input_shape}, widths={widths}")
+    if not 0 <= bn_momentum < 1:
+        raise ValueError(f"Expected 0 <= bn_momentum < 1. Received: bn_momentum={bn_momentum!r}")
+    inputs = keras.Input(shape=input_shape, name="images")
+    if whitening:
+        x = PatchWhitening(dtype=dtype, name="whitening")(inputs)
+    else:
+        x = layers.Conv2D(8 * input_shape[-1], 2, dtype=dtype, name="whitening")(inputs)
+    x = layers.Activation("gelu", dtype=dtype, name="whitening_gelu")(x)
+    for i, width in enumerate(widths, start=1):
+        for j in (1, 2):
+            x = layers.Conv2D(width, 3, padding="same", use_bias=False, dtype=dtype,
+                              name=f"block{i}_conv{j}")(x)
+            if j == 1:
+                x = layers.MaxPooling2D(2, dtype=dtype, name=f"block{i}_pool")(x)
+            x = layers.BatchNormalization(momentum=bn_momentum, scale=False, dtype=dtype,
+                                          name=f"block{i}_bn{j}")(x)
+            x = layers.Activation("gelu", dtype=dtype, name=f"block{i}_gelu{j}")(x)
+    x = layers.GlobalMaxPooling2D(dtype=dtype, name="max_pool")(x)
+    x = layers.Dense(num_classes, use_bias=False, dtype=dtype, name="predictions_dense")(x)
+    x = layers.Rescaling(logit_scale, dtype=dtype, name="logit_scale")(x)
+    outputs = layers.Activation(activation, dtype="float32", name="predictions")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def adapt_whitening(model, images):
+    """Adapt every :class:`PatchWhitening` layer of ``model`` that sits on its input.
+
+    Args:
+        model: a ``keras.Model`` (e.g. from :func:`fast_cnn`).
+        images: array ``[n, height, width, channels]`` as the model receives
+            them (a few thousand training images are plenty).
+
+    Returns:
+        int. How many layers were adapted (0 for models without one).
+
+    Example:
+
+    >>> model = fast_cnn((16, 16, 3), 10, widths=(8, 16))
+    >>> adapt_whitening(model, np.random.default_rng(0).random((32, 16, 16, 3)))
+    1
+    """
+    adapted = 0
+    for layer in model.layers:
+        if isinstance(layer, PatchWhitening):
+            inbound = layer._inbound_nodes[0].input_tensors if layer._inbound_nodes else []
+            if inbound and any(t is not i for t, i in zip(inbound, model.inputs)):
+                raise ValueError(f"adapt_whitening needs {layer.name!r} on the model input; "
+                                 "adapt it yourself with the images it receives.")
+            layer.adapt(images)
+            adapted += 1
+    return adapted
 
 
 def mlp(input_shape, hidden_units, num_outputs, dropout=0.0, activation="relu",

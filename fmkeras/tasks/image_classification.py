@@ -118,12 +118,18 @@ class ImageModelConfig:
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Optimisation settings."""
+    """Optimisation settings.
+
+    ``schedule``: ``constant``, ``cosine``, ``onecycle`` or ``plateau``
+    (:func:`fmkeras.training.optimizers.learning_rate_schedule`);
+    ``momentum`` is the Nesterov momentum of ``optimizer: sgd``.
+    """
 
     epochs: int = 15
     optimizer: str = "adam"
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
+    momentum: float = 0.9
     schedule: str = "cosine"
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
@@ -158,7 +164,7 @@ class ImageClassificationConfig(config_lib.RunSettings):
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
 
 
-MODEL_NAMES = ("simple_cnn", "resnet", "mlp")
+MODEL_NAMES = ("simple_cnn", "resnet", "fast_cnn", "mlp")
 
 
 def build_model(model_config, input_shape, num_classes):
@@ -183,11 +189,37 @@ def build_model(model_config, input_shape, num_classes):
     if name == "resnet":
         return models.resnet(input_shape, num_classes, depth=model_config.depth,
                              base_filters=model_config.base_filters)
+    if name == "fast_cnn":
+        return models.fast_cnn(input_shape, num_classes, widths=model_config.filters)
     if name == "mlp":
         return models.mlp(input_shape, model_config.hidden_units, num_classes,
                           dropout=model_config.dropout)
     raise ConfigError(
         f"Unknown model.name. Expected one of {list(MODEL_NAMES)}. Received: {name!r}")
+
+
+def adapt_first_layer(model, train, scale=1.0, images=5000):
+    """Adapt a :class:`fmkeras.models.cnn.PatchWhitening` input layer to training images.
+
+    Reads about ``images`` images of the training pipeline (as the model gets
+    them, times ``scale``); does nothing for models without such a layer.
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> ds = tf.data.Dataset.from_tensors((tf.zeros((4, 16, 16, 3)), tf.zeros((4, 10))))
+    >>> adapt_first_layer(models.simple_cnn((16, 16, 3), 10), ds)
+    0
+    """
+    if not any(isinstance(layer, models.PatchWhitening) for layer in model.layers):
+        return 0
+    batches, seen = [], 0
+    for batch, _ in train:
+        batches.append(np.asarray(batch) * scale)
+        seen += len(batches[-1])
+        if seen >= images:
+            break
+    return models.adapt_whitening(model, np.concatenate(batches)[:images])
 
 
 def load_splits(data_config, seed):
@@ -423,6 +455,7 @@ def run(config, callbacks=()):
     rescale = data.rescale
     with dist.scope():
         model = build_model(config.model, (*size, channels), len(class_names))
+        adapt_first_layer(model, splits.train, data.rescale if data.augment.in_model else 1.0)
         if data.augment.in_model:
             model = with_augmentation(model, data.augment.augmentation(), config.seed,
                                       data.rescale)
@@ -432,7 +465,8 @@ def run(config, callbacks=()):
             train.learning_rate, train.schedule, total_steps=steps * train.epochs,
             warmup_steps=steps * train.warmup_epochs)
         model.compile(
-            optimizer=optimizers.build_optimizer(train.optimizer, lr, train.weight_decay),
+            optimizer=optimizers.build_optimizer(train.optimizer, lr, train.weight_decay,
+                                                 train.momentum),
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing),
             metrics=["accuracy"], jit_compile=config.jit_compile,
             steps_per_execution=train.steps_per_execution)
