@@ -91,3 +91,47 @@ def test_pruning_the_only_phase_and_no_compression_keys_without_it(setup, tmp_pa
 def test_compression_config_errors(setup, tmp_path, override, match):
     with pytest.raises(ConfigError, match=match):
         task.run(tiny_config(setup, str(tmp_path / "run"), override))
+
+
+class Stop(Exception):
+    pass
+
+
+class StopAt(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise Stop()
+
+
+def pruned_kernels(model):
+    encoder = model.get_layer("small_encoder")
+    return [encoder.get_layer(name).kernel.numpy() for name in ("conv", "features")]
+
+
+def test_interrupted_pruning_resumes_where_it_stopped(setup, tmp_path):
+    # Phase 2 is epochs 1-4; the schedule ramps over its first two and stops at epoch 2,
+    # mid-ramp: the resumed run must continue the ramp, not restart it.
+    settings = ["compression.prune_sparsity=0.5", "train.epochs=4", "deterministic=true",
+                "checkpoint_every_s=0", "export.enabled=false"]
+    sparsity = {}
+
+    class Sparsity(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            sparsity[epoch] = float(np.mean(pruned_kernels(self.model)[1] == 0))
+
+    straight = task.run(tiny_config(setup, str(tmp_path / "straight"), *settings),
+                        callbacks=[Sparsity()])
+    # The target is reached halfway through phase 2 (epochs 1-4), then the rest recovers.
+    assert sparsity[1] < 0.49 and sparsity[2] == pytest.approx(0.5, abs=1e-3)
+    run_dir = str(tmp_path / "resumed")
+    with pytest.raises(Stop):
+        task.run(tiny_config(setup, run_dir, *settings), callbacks=[StopAt(2)])
+    resumed = task.run(tiny_config(setup, run_dir, *settings))
+    assert resumed.metrics["pruned_sparsity"] == pytest.approx(0.5, abs=0.01)
+    for a, b in zip(pruned_kernels(straight.model), pruned_kernels(resumed.model)):
+        np.testing.assert_array_equal(a == 0, b == 0)  # the same weights pruned
+        np.testing.assert_allclose(a, b, atol=1e-5)

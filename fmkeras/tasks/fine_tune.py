@@ -388,10 +388,14 @@ def run(config, callbacks=()):
                if comp.prune_sparsity else None)
     compression_metrics = {}
 
-    def last_phase_callbacks():
+    def last_phase_callbacks(epochs):
         """The extra callbacks, and the pruning callback, for the last phase."""
         if pruning is None:
             return callbacks
+        # The target is reached halfway through the phase; the rest recovers. (Keras'
+        # params count the epochs of earlier phases too, so the default would be later.)
+        steps = -(-splits.train_samples // dist.global_batch(data.batch_size))
+        pruning.end_step = max(1, steps * epochs // 2)
         compression_metrics.update(_prefixed("before_pruning", transfer.measure(
             model, test_images, y_true, data.batch_size)))
         return [*callbacks, pruning]
@@ -410,7 +414,8 @@ def run(config, callbacks=()):
                 "compression": config_lib.to_dict(config.compression),
                 "replicas": dist.replicas}
     _fit_phase(model, config, splits, run_dir, 1, train.head_learning_rate, train.head_epochs,
-               0, callbacks if train.epochs else last_phase_callbacks(), dist, identity)
+               0, callbacks if train.epochs else last_phase_callbacks(train.head_epochs), dist,
+               identity)
     phase1_loss, phase1_accuracy = model.evaluate(splits.test, verbose=0)
 
     params_phase2 = params_phase1
@@ -418,7 +423,7 @@ def run(config, callbacks=()):
         unfreeze_top(features, train.unfreeze_layers, train.train_batchnorm)
         params_phase2 = trainable_count(model)
         _fit_phase(model, config, splits, run_dir, 2, train.learning_rate, train.epochs,
-                   train.head_epochs, last_phase_callbacks(), dist, identity)
+                   train.head_epochs, last_phase_callbacks(train.epochs), dist, identity)
     for phase in (1, 2):  # the run is complete: a rerun starts afresh
         if os.path.exists(_phase_done_path(run_dir, phase)):
             os.remove(_phase_done_path(run_dir, phase))

@@ -139,6 +139,12 @@ class PruningCallback(keras.callbacks.Callback):
     are applied and dropped: the model is a plain Keras model with zeros in
     its kernels, to save or export as it is.
 
+    A ``fit`` that resumes from a backup (``ResumableBackup`` or Keras'
+    ``BackupAndRestore`` restored the model) continues the schedule: the
+    step count is the optimizer's ``iterations`` (the optimizer must have
+    been new when the interrupted ``fit`` began, as in the fine-tune task,
+    which compiles each phase) and the masks are the kernels' zeros.
+
     Args:
         target_sparsity: float in ``[0, 1)``. Fraction of each kernel zeroed.
         end_step: optional int. Step (batch) of this ``fit`` at which the
@@ -201,6 +207,11 @@ class PruningCallback(keras.callbacks.Callback):
         self._step = 0
         self._masks = [np.ones(tuple(layer.kernel.shape), layer.kernel.dtype)
                        for layer in self.pruned_layers]
+        if getattr(self.model, "_initial_epoch", None):  # restored from a backup
+            self._step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+            if self._step > self.begin_step:
+                self._masks = [(keras.ops.convert_to_numpy(layer.kernel) != 0).astype(
+                    layer.kernel.dtype) for layer in self.pruned_layers]
 
     def _update_masks(self, fraction):
         self._masks = [_magnitude_mask(keras.ops.convert_to_numpy(layer.kernel), fraction)
