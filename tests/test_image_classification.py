@@ -206,3 +206,23 @@ def test_cifar10_fast_preset_runs_on_a_small_folder(tmp_path):
     assert result.model.optimizer.momentum == pytest.approx(0.85)
     rows = read_rows(os.path.join(result.run_dir, "history.csv"))
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+
+
+def test_cifar10_fast_benchmark_test_time_augmentation():
+    from conftest import load_script
+
+    bench = load_script("benchmarks", "cifar10_fast.py")
+    images = np.zeros((4, 6, 6, 1), "float32")
+    images[:, :, :3] = 1.0  # bright left half
+    labels = np.eye(2, dtype="float32")[[0, 0, 1, 1]]
+    # Says class 0 when the left half is brighter (plus a small bias to 0): class 0 on
+    # every original, class 1 on every mirror; summed, the bias decides: class 0.
+    inputs = keras.Input((6, 6, 1))
+    left = keras.ops.mean(inputs[:, :, :3], axis=(1, 2, 3))
+    right = keras.ops.mean(inputs[:, :, 3:], axis=(1, 2, 3))
+    scores = keras.ops.stack([left - right + 0.1, right - left], axis=-1)
+    model = keras.Model(inputs, keras.ops.softmax(scores))
+    plain, flip, shifted = bench.tta_accuracy(model, [(images, labels)])
+    assert plain == 0.5 and flip == 0.5 and 0.0 <= shifted <= 1.0
+    moved = bench._shifted(images, 1, 1)
+    np.testing.assert_array_equal(moved[:, :, :2], images[:, :, 1:3])
