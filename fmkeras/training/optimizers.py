@@ -90,7 +90,8 @@ def learning_rate_schedule(learning_rate, schedule="constant", total_steps=None,
         return float(learning_rate)
     if not total_steps or total_steps <= warmup_steps:
         raise ConfigError(
-            f"The {schedule} schedule needs total_steps > warmup_steps. "
+            f"The {schedule} schedule needs total_steps > warmup_steps: set "
+            f"train.warmup_epochs below train.epochs. "
             f"Received: total_steps={total_steps}, warmup_steps={warmup_steps}")
     if schedule == "onecycle":
         return OneCycle(learning_rate, total_steps, warmup_steps)
