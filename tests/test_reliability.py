@@ -223,6 +223,13 @@ def test_best_checkpoint_value_survives_a_resume(data, tmp_path):
     assert again["best"] <= state["best"]
 
 
+def test_changed_sgd_momentum_refuses_to_resume(data, tmp_path):
+    run_dir = str(tmp_path / "run")
+    interrupted(data, run_dir, 3, "train.optimizer=sgd", "train.momentum=0.9")
+    with pytest.raises(ConfigError, match="optimizer.momentum"):
+        task.run(tiny(data, run_dir, "train.optimizer=sgd", "train.momentum=0.5"))
+
+
 # --- checkpoint_every_s: fewer writes, nothing lost short of a hard kill -----------------
 
 class Recorder(keras.callbacks.Callback):

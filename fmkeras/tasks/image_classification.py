@@ -328,8 +328,8 @@ def resume_identity(config, splits):
     return {
         "model": config_lib.to_dict(config.model),
         "optimizer": {k: getattr(config.train, k) for k in (
-            "optimizer", "learning_rate", "weight_decay", "schedule", "warmup_epochs",
-            "label_smoothing")},
+            "optimizer", "learning_rate", "weight_decay", "momentum", "schedule",
+            "warmup_epochs", "label_smoothing")},
         "data": {"path": data.path, "batch_size": data.batch_size,
                  "image_size": data.image_size, "color_mode": data.color_mode,
                  "classes": list(splits.class_names), "train_samples": splits.train_samples},
