@@ -41,6 +41,22 @@ def _restore_dtype_policy():
     keras.mixed_precision.set_global_policy(SESSION_POLICY)
 
 
+class Stop(Exception):
+    """The interruption :class:`StopAt` raises (tests expect it with ``pytest.raises``)."""
+
+
+class StopAt(keras.callbacks.Callback):
+    """Interrupt ``fit`` at the start of ``epoch``, as a crash would."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise Stop()
+
+
 def load_script(*parts):
     """Import a script that is not in a package (a benchmark, a CI helper) by its path.
 

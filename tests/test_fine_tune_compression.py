@@ -6,7 +6,7 @@ import pathlib
 import keras
 import numpy as np
 import pytest
-from conftest import write_image_folder
+from conftest import Stop, StopAt, write_image_folder
 
 from fmkeras import config as config_lib
 from fmkeras.errors import ConfigError
@@ -91,20 +91,6 @@ def test_pruning_the_only_phase_and_no_compression_keys_without_it(setup, tmp_pa
 def test_compression_config_errors(setup, tmp_path, override, match):
     with pytest.raises(ConfigError, match=match):
         task.run(tiny_config(setup, str(tmp_path / "run"), override))
-
-
-class Stop(Exception):
-    pass
-
-
-class StopAt(keras.callbacks.Callback):
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise Stop()
 
 
 def pruned_kernels(model):

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import DIGITS, write_image_folder
+from conftest import DIGITS, Stop, StopAt, write_image_folder
 
 from fmkeras import config as config_lib
 from fmkeras.data.images import index_directory
@@ -53,20 +53,6 @@ def test_run_writes_the_whole_run_directory(tmp_path):
     assert result.export_path == os.path.join(run_dir, "export", "image_classifier", "1")
 
 
-class Interrupt(Exception):
-    pass
-
-
-class StopAt(keras.callbacks.Callback):
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise Interrupt()
-
-
 class FirstEpoch(keras.callbacks.Callback):
     first = None
 
@@ -79,7 +65,7 @@ def test_rerun_resumes_an_interrupted_run(tmp_path):
     data = write_image_folder(tmp_path / "imgs", per_class=6)
     run_dir = str(tmp_path / "run")
     config = tiny_config(data, run_dir, "train.epochs=4", "export.enabled=false")
-    with pytest.raises(Interrupt):
+    with pytest.raises(Stop):
         task.run(config, callbacks=[StopAt(2)])
     assert len(read_rows(os.path.join(run_dir, "history.csv"))) == 2
     first = FirstEpoch()
@@ -155,7 +141,7 @@ def test_resumed_run_matches_an_uninterrupted_one_bitwise(tmp_path):
                  "train.verbose=0")
     straight = task.run(tiny_config(data, str(tmp_path / "straight"), *overrides))
     config = tiny_config(data, str(tmp_path / "resumed"), *overrides)
-    with pytest.raises(Interrupt):
+    with pytest.raises(Stop):
         task.run(config, callbacks=[StopAt(2)])
     resumed = task.run(config)
     for a, b in zip(straight.model.get_weights(), resumed.model.get_weights()):

@@ -16,7 +16,7 @@ import time
 import keras
 import numpy as np
 import pytest
-from conftest import REPO, load_script, write_image_folder
+from conftest import REPO, Stop, StopAt, load_script, write_image_folder
 
 from fmkeras.train import EXIT_TERMINATED
 
@@ -117,20 +117,6 @@ def test_sigterm_exits_143_and_the_next_run_resumes(data, tmp_path):
 from fmkeras import config as config_lib  # noqa: E402
 from fmkeras.errors import ConfigError  # noqa: E402
 from fmkeras.tasks import image_classification as task  # noqa: E402
-
-
-class Stop(Exception):
-    pass
-
-
-class StopAt(keras.callbacks.Callback):
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise Stop()
 
 
 class FirstEpoch(keras.callbacks.Callback):

@@ -10,25 +10,11 @@ import os
 
 import keras
 import pytest
-from conftest import write_image_folder
+from conftest import Stop, StopAt, write_image_folder
 
 from fmkeras.train import load_task_config
 
 EPOCHS = 3
-
-
-class Stop(Exception):
-    pass
-
-
-class StopAt(keras.callbacks.Callback):
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise Stop()
 
 
 class Epochs(keras.callbacks.Callback):
