@@ -382,8 +382,7 @@ def adapt_whitening(model, images):
     adapted = 0
     for layer in model.layers:
         if isinstance(layer, PatchWhitening):
-            inbound = layer._inbound_nodes[0].input_tensors if layer._inbound_nodes else []
-            if inbound and any(t is not i for t, i in zip(inbound, model.inputs)):
+            if not any(layer.input is tensor for tensor in model.inputs):
                 raise ValueError(f"adapt_whitening needs {layer.name!r} on the model input; "
                                  "adapt it yourself with the images it receives.")
             layer.adapt(images)
