@@ -30,6 +30,38 @@ def test_tfdata_augmentation_is_seeded_per_epoch(image_folder):
     assert first.min() >= 0.0 and first.max() <= 1.0  # rescaled after augmentation
 
 
+def test_repeated_pipeline_gives_the_same_epochs_and_fit_the_same_weights(image_folder):
+    """repeat=True keeps one iterator: its passes must be the epochs a fresh pass gives."""
+    import keras
+
+    from fmkeras.data.images import EpochCounter
+
+    aug = Augmentation(width_shift_range=2, horizontal_flip=True)
+    settings = dict(image_size=12, batch_size=3, augment=aug, seed=5, shuffle=True,
+                    label_mode="categorical")
+    once = image_dataset(image_folder, **settings)
+    passes = [epoch(once) for _ in range(3)]  # a fresh counter: epochs 0, 1, 2
+    repeated = image_dataset(image_folder, repeat=True, **settings)
+    steps = -(-len(passes[0]) // 3)
+    stream = np.concatenate([x.numpy() for x, _ in repeated.take(3 * steps)])
+    np.testing.assert_array_equal(stream, np.concatenate(passes))
+
+    def train(repeat, initial_epoch=0):
+        keras.utils.set_random_seed(0)
+        counter = EpochCounter()
+        ds = image_dataset(image_folder, repeat=repeat, epoch_counter=counter, **settings)
+        model = mlp((12, 12, 3), (8,), 2)
+        model.compile("sgd", "categorical_crossentropy")
+        model.fit(ds, epochs=initial_epoch + 3, initial_epoch=initial_epoch, verbose=0,
+                  steps_per_epoch=steps if repeat else None, callbacks=[counter.callback()],
+                  shuffle=False)
+        return model.get_weights()
+
+    # The callback sets the counter once: prefetching runs ahead into the next epoch.
+    for a, b in zip(train(False, 2), train(True, 2)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_augmentation_layers_train_only():
     aug = Augmentation(rotation_range=40, width_shift_range=0.2, shear_range=10,
                        zoom_range=0.2, horizontal_flip=True, brightness_range=(0.8, 1.2))

@@ -290,7 +290,7 @@ def split_index(index, validation_split, seed):
 def image_dataset(source, image_size, batch_size=32, color_mode="rgb", shuffle=False,
                   seed=0, cache=True, rescale=1.0 / 255, num_classes=None,
                   label_mode="int", augment=None, validate=True, max_bad_fraction=0.05,
-                  validation_split=None, subset=None, epoch_counter=None):
+                  validation_split=None, subset=None, epoch_counter=None, repeat=False):
     """A batched ``tf.data.Dataset`` of ``(images, labels)`` from a folder, an index or tfds.
 
     Files are decoded in parallel, resized, optionally cached in memory (after
@@ -328,6 +328,10 @@ def image_dataset(source, image_size, batch_size=32, color_mode="rgb", shuffle=F
             ``augment``, each pass's order and transforms are a pure function
             of ``(seed, epoch, batch)``; pass ``epoch_counter.callback()`` to
             ``model.fit`` so a resumed run repeats the same epochs exactly.
+        repeat: bool. Repeat the epochs without end, so ``fit`` keeps one
+            iterator and the next epoch's first batches are prepared while
+            the current epoch ends; pass ``steps_per_epoch=ceil(images /
+            batch_size)`` to ``fit``. The epochs stay the same as without it.
 
     Returns:
         ``tf.data.Dataset`` (a pair for ``subset="both"``).
@@ -352,11 +356,12 @@ def image_dataset(source, image_size, batch_size=32, color_mode="rgb", shuffle=F
 
     if tfds_images.is_tfds_name(source):
         if not validation_split:
-            return tfds_images.tfds_image_dataset(source, shuffle=shuffle, augment=augment,
-                                                  **settings)[0]
+            return _repeated(tfds_images.tfds_image_dataset(
+                source, shuffle=shuffle, augment=augment, **settings)[0], repeat)
         keep = int(round(100 * (1 - validation_split)))
-        train = tfds_images.tfds_image_dataset(source, split=f"train[:{keep}%]",
-                                               shuffle=shuffle, augment=augment, **settings)[0]
+        train = _repeated(tfds_images.tfds_image_dataset(
+            source, split=f"train[:{keep}%]", shuffle=shuffle, augment=augment, **settings)[0],
+            repeat)
         val = tfds_images.tfds_image_dataset(source, split=f"train[{keep}%:]", **settings)[0]
         return {"training": train, "validation": val, "both": (train, val)}[subset]
     index = source if isinstance(source, DirectoryIndex) else index_directory(source)
@@ -367,7 +372,7 @@ def image_dataset(source, image_size, batch_size=32, color_mode="rgb", shuffle=F
         common = dict(settings, num_classes=num_classes or len(index.class_names),
                       validate=False)
         train = (image_dataset(train_index, shuffle=shuffle, augment=augment,
-                               epoch_counter=epoch_counter, **common)
+                               epoch_counter=epoch_counter, repeat=repeat, **common)
                  if subset != "validation" else None)
         val = image_dataset(val_index, **common) if subset != "training" else None
         return {"training": train, "validation": val, "both": (train, val)}[subset]
@@ -380,15 +385,21 @@ def image_dataset(source, image_size, batch_size=32, color_mode="rgb", shuffle=F
     num_classes = num_classes or len(index.class_names)
     if shuffle or augment is not None:
         return _epoch_pipeline(index, image_size, channels, batch_size, shuffle, seed, cache,
-                               num_classes, label_mode, augment, rescale, epoch_counter)
+                               num_classes, label_mode, augment, rescale, epoch_counter,
+                               repeat)
     ds = tf.data.Dataset.from_tensor_slices((index.paths, index.labels))
 
     def load(path, label):
         return decode_image(tf.io.read_file(path), channels, image_size), label
 
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return batch_pipeline(ds, batch_size, cache=cache, num_classes=num_classes,
-                          label_mode=label_mode, rescale=rescale)
+    return _repeated(batch_pipeline(ds, batch_size, cache=cache, num_classes=num_classes,
+                                    label_mode=label_mode, rescale=rescale), repeat)
+
+
+def _repeated(ds, repeat):
+    """``ds`` repeated without end (prefetch kept last), or ``ds`` itself."""
+    return ds.repeat().prefetch(tf.data.AUTOTUNE) if repeat else ds
 
 
 class EpochCounter:
@@ -413,6 +424,9 @@ class EpochCounter:
     def __init__(self, start=0):
         self.variable = tf.Variable(int(start), dtype=tf.int64, trainable=False,
                                     name="epoch_counter")
+        # Set by a repeated pipeline: its passes run ahead of Keras' epochs
+        # (prefetch), so the callback sets the counter only when fit starts.
+        self.repeating = False
 
     def set(self, epoch):
         """Make ``epoch`` the epoch of the next pass."""
@@ -427,9 +441,17 @@ class _EpochCallback(keras.callbacks.Callback):
     def __init__(self, counter):
         super().__init__()
         self.counter = counter
+        self._started = False
+
+    def on_train_begin(self, logs=None):
+        self._started = False
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.counter.set(epoch)
+        # A repeated pipeline counts its passes itself once started: by the time
+        # Keras begins epoch k, prefetching may already have begun pass k + 1.
+        if not (self.counter.repeating and self._started):
+            self.counter.set(epoch)
+        self._started = True
 
 
 # Decoded images are kept in memory (float32) up to this size; beyond it they are
@@ -438,7 +460,7 @@ CACHE_BYTES = 2 << 30
 
 
 def _epoch_pipeline(index, image_size, channels, batch_size, shuffle, seed, cache,
-                    num_classes, label_mode, augment, rescale, counter):
+                    num_classes, label_mode, augment, rescale, counter, repeat=False):
     """Batches whose order and augmentation are a pure function of (seed, epoch, batch)."""
     from fmkeras.data.image_files import decode_all
 
@@ -498,7 +520,13 @@ def _epoch_pipeline(index, image_size, channels, batch_size, shuffle, seed, cach
     ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
     # flat_map hides the length; Keras needs it to know where an epoch ends.
     batches = -(-count // batch_size)
-    return ds.apply(tf.data.experimental.assert_cardinality(batches)).prefetch(tf.data.AUTOTUNE)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
+    if repeat:
+        # Each pass still reads the counter and restarts the batch numbers; the
+        # prefetch below now runs on into the next pass instead of stopping.
+        counter.repeating = True
+        ds = ds.repeat()
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def batch_pipeline(ds, batch_size, cache=True, shuffle_buffer=0, seed=0, num_classes=None,

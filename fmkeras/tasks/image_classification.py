@@ -266,10 +266,15 @@ class ImageSplits:
     train_samples: int
     test_samples: int
     callbacks: list = dataclasses.field(default_factory=list)
+    steps_per_epoch: int | None = None  # set when ``train`` repeats without end
 
 
-def make_datasets(config):
+def make_datasets(config, repeat=False):
     """Build the train, validation and test pipelines from ``config.data``.
+
+    With ``repeat``, a folder's training pipeline repeats its epochs without
+    end (``fit`` then keeps one iterator and prepares the next epoch's first
+    batches while one ends) and ``steps_per_epoch`` says where epochs end.
 
     ``data.path`` is a folder (see :func:`load_splits`) or a tfds name such as
     ``tfds:mnist`` (``train`` split for training and validation, ``test`` for
@@ -307,12 +312,14 @@ def make_datasets(config):
     # replays exactly the epochs an uninterrupted one would.
     counter = image_data.EpochCounter()
     train = image_data.image_dataset(train_index, shuffle=True, seed=seed, cache=data.cache,
-                                     augment=train_aug, epoch_counter=counter, **common)
+                                     augment=train_aug, epoch_counter=counter, repeat=repeat,
+                                     **common)
     val = (image_data.image_dataset(val_index, cache=data.cache, **common)
            if val_index is not None else None)
     test = image_data.image_dataset(test_index, cache=False, **common)
     return ImageSplits(train, val, test, train_index.class_names, len(train_index),
-                       len(test_index), [counter.callback()])
+                       len(test_index), [counter.callback()],
+                       -(-len(train_index) // data.batch_size) if repeat else None)
 
 
 def resume_identity(config, splits):
@@ -443,7 +450,9 @@ def run(config, callbacks=()):
     run_dir = dist.write_dir(config.run_dir or base.default_run_dir(TASK))
     # Seed next: tf.data shuffles draw on the global seed as well as their own.
     precision_lib.set_seed(config.seed, config.deterministic)
-    splits = make_datasets(base.with_global_batch(config, dist))
+    # One iterator for the whole fit (none built per epoch) where no worker
+    # shards the data: tf.distribute needs finite epochs to split them.
+    splits = make_datasets(base.with_global_batch(config, dist), repeat=dist.workers == 1)
     resume = callbacks_lib.prepare_resume(run_dir)
     base.prepare_run_dir(run_dir, config, TASK)
     policy = precision_lib.set_precision(config.precision)
@@ -479,7 +488,8 @@ def run(config, callbacks=()):
         force_resume=config.force_resume, every_s=config.checkpoint_every_s)
     try:
         dist.fit(model, dist.dataset(splits.train), validation_data=splits.validation,
-                 epochs=train.epochs, callbacks=callbacks, verbose=train.verbose, shuffle=False)
+                 epochs=train.epochs, steps_per_epoch=splits.steps_per_epoch,
+                 callbacks=callbacks, verbose=train.verbose, shuffle=False)
     finally:
         callbacks_lib.after_fit(callbacks)
 

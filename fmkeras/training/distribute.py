@@ -523,6 +523,7 @@ class Distribution:
         self.name = name
         self.strategy = make_strategy(name)
         self.replicas = int(self.strategy.num_replicas_in_sync)
+        self.workers = _num_workers()
         self.chief = is_chief(self.strategy)
 
     def global_batch(self, per_replica):
