@@ -132,6 +132,18 @@ def test_fast_cnn_parameter_count_and_layers():
     assert model.get_layer("predictions").dtype_policy.compute_dtype == "float32"
 
 
+def test_fast_cnn_identity_init_passes_the_first_channels_through():
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 16)).astype("float32")
+    for identity, expect_equal in ((True, True), (False, False)):
+        model = fast_cnn((32, 32, 3), 10, widths=(8, 16, 16), identity_init=identity)
+        conv = model.get_layer("block2_conv2")  # 16 -> 16 channels
+        y = np.asarray(conv(x))
+        assert np.allclose(y, x, atol=1e-6) == expect_equal
+        first = np.asarray(model.get_layer("block2_conv1")(x[..., :8]))  # 8 -> 16
+        assert np.allclose(first[..., :8], x[..., :8], atol=1e-6) == expect_equal
+        assert np.std(first[..., 8:]) > 0.01  # the other filters stay random
+
+
 def test_fast_cnn_rejects_images_too_small_for_its_blocks():
     with pytest.raises(ValueError, match=r"at least 9.*input_shape=\(8, 8, 3\)"):
         fast_cnn((8, 8, 3), 10, widths=(4, 4, 4))

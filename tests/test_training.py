@@ -73,6 +73,38 @@ def test_bad_optimizer_and_schedule():
         optimizers.learning_rate_schedule(-1.0)
 
 
+def test_norm_bias_lr_scale_moves_only_batchnorm_offsets_further(tmp_path):
+    def step(scale):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3),
+                                  keras.layers.BatchNormalization(), keras.layers.Dense(1)])
+        before = [w.numpy() for w in model.trainable_weights]
+        model.compile(optimizers.build_optimizer("sgd", 0.01, momentum=0.85,
+                                                 weight_decay=1e-3, norm_bias_lr_scale=scale),
+                      "mse")
+        x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+        model.train_on_batch(x, x[:, :1] * 2 + 1)
+        moves = [(w.name, w.numpy() - b) for w, b in zip(model.trainable_weights, before)]
+        return model, moves
+
+    _, plain = step(1.0)
+    model, scaled = step(64.0)
+    assert type(model.optimizer) is optimizers.SGD
+    assert [name for name, _ in plain].count("beta") == 1
+    for (name, move), (_, scaled_move) in zip(plain, scaled):  # one step from one start
+        np.testing.assert_allclose(scaled_move, move * (64.0 if name == "beta" else 1.0),
+                                   rtol=1e-4, atol=1e-7)
+        assert np.abs(move).sum() > 0
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert loaded.optimizer.norm_bias_lr_scale == 64.0 and loaded.optimizer.nesterov
+    assert type(optimizers.build_optimizer("sgd", 0.1)) is keras.optimizers.SGD
+    with pytest.raises(ConfigError, match="needs optimizer sgd.*optimizer='adam'"):
+        optimizers.build_optimizer("adam", 0.1, norm_bias_lr_scale=64.0)
+    with pytest.raises(ConfigError, match="norm_bias_lr_scale > 0. Received: 0"):
+        optimizers.build_optimizer("sgd", 0.1, norm_bias_lr_scale=0)
+
+
 def test_best_checkpoint_value_survives_a_restart(tmp_path):
     from fmkeras.training.callbacks import BestCheckpoint
 

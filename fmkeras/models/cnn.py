@@ -294,8 +294,8 @@ class PatchWhitening(layers.Layer):
 
 
 def fast_cnn(input_shape, num_classes, widths=(64, 256, 256), whitening=True,
-             bn_momentum=0.4, logit_scale=1 / 9, activation="softmax", dtype=None,
-             name="fast_cnn"):
+             bn_momentum=0.4, logit_scale=1 / 9, identity_init=True, activation="softmax",
+             dtype=None, name="fast_cnn"):
     """A small fast-to-train CNN for 32x32 images, after Jordan's airbench (2024).
 
     A 2x2 :class:`PatchWhitening` layer (call :func:`adapt_whitening` on
@@ -315,6 +315,9 @@ def fast_cnn(input_shape, num_classes, widths=(64, 256, 256), whitening=True,
         bn_momentum: float. Batch-norm moving-average momentum (Keras
             convention: the weight of the old value); low, for short runs.
         logit_scale: float. Factor on the logits.
+        identity_init: bool. Start each convolution's first ``in_channels``
+            filters as the identity (the rest random), an implicit residual
+            connection at initialisation.
         activation: str. Final activation, computed in float32.
         dtype: optional dtype policy name for every layer.
         name: str. Model name.
@@ -359,7 +362,22 @@ def fast_cnn(input_shape, num_classes, widths=(64, 256, 256), whitening=True,
     x = layers.Dense(num_classes, use_bias=False, dtype=dtype, name="predictions_dense")(x)
     x = layers.Rescaling(logit_scale, dtype=dtype, name="logit_scale")(x)
     outputs = layers.Activation(activation, dtype="float32", name="predictions")(x)
-    return keras.Model(inputs, outputs, name=name)
+    model = keras.Model(inputs, outputs, name=name)
+    if identity_init:
+        for layer in model.layers:
+            if isinstance(layer, layers.Conv2D) and layer.name.startswith("block"):
+                _partial_identity(layer.kernel)
+    return model
+
+
+def _partial_identity(kernel):
+    """Make the first ``in_channels`` filters of a conv ``kernel`` pass their input through."""
+    values = np.array(kernel.numpy())
+    height, width, channels_in, channels_out = values.shape
+    keep = min(channels_in, channels_out)
+    values[..., :keep] = 0.0
+    values[height // 2, width // 2, np.arange(keep), np.arange(keep)] = 1.0
+    kernel.assign(values)
 
 
 def adapt_whitening(model, images):

@@ -122,7 +122,9 @@ class TrainConfig:
 
     ``schedule``: ``constant``, ``cosine``, ``onecycle`` or ``plateau``
     (:func:`fmkeras.training.optimizers.learning_rate_schedule`);
-    ``momentum`` is the Nesterov momentum of ``optimizer: sgd``.
+    ``momentum`` is the Nesterov momentum of ``optimizer: sgd``, and
+    ``norm_bias_lr_scale`` its step factor for batch-norm offsets
+    (:class:`fmkeras.training.optimizers.SGD`).
     """
 
     epochs: int = 15
@@ -130,6 +132,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
     momentum: float = 0.9
+    norm_bias_lr_scale: float = 1.0
     schedule: str = "cosine"
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
@@ -332,11 +335,14 @@ def resume_identity(config, splits):
     ['data', 'model', 'optimizer']
     """
     data = config.data
+    optimizer = {k: getattr(config.train, k) for k in (
+        "optimizer", "learning_rate", "weight_decay", "momentum", "schedule",
+        "warmup_epochs", "label_smoothing")}
+    if config.train.norm_bias_lr_scale != 1:  # runs from before the key still resume
+        optimizer["norm_bias_lr_scale"] = config.train.norm_bias_lr_scale
     return {
         "model": config_lib.to_dict(config.model),
-        "optimizer": {k: getattr(config.train, k) for k in (
-            "optimizer", "learning_rate", "weight_decay", "momentum", "schedule",
-            "warmup_epochs", "label_smoothing")},
+        "optimizer": optimizer,
         "data": {"path": data.path, "batch_size": data.batch_size,
                  "image_size": data.image_size, "color_mode": data.color_mode,
                  "classes": list(splits.class_names), "train_samples": splits.train_samples},
@@ -475,7 +481,7 @@ def run(config, callbacks=()):
             warmup_steps=steps * train.warmup_epochs)
         model.compile(
             optimizer=optimizers.build_optimizer(train.optimizer, lr, train.weight_decay,
-                                                 train.momentum),
+                                                 train.momentum, train.norm_bias_lr_scale),
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing),
             metrics=["accuracy"], jit_compile=config.jit_compile,
             steps_per_execution=train.steps_per_execution)

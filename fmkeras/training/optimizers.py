@@ -12,6 +12,52 @@ SCHEDULES = ("constant", "cosine", "onecycle", "plateau")
 
 
 @keras.saving.register_keras_serializable(package="fmkeras")
+class SGD(keras.optimizers.SGD):
+    """Keras' SGD with a larger step for the offsets of normalization layers.
+
+    Every variable named ``beta`` (the offset of ``BatchNormalization`` and
+    ``LayerNormalization``) moves ``norm_bias_lr_scale`` times as far as the
+    other variables; the decoupled weight decay, a fraction of each variable
+    per step, is unchanged. airbench (Jordan, 2024) trains batch-norm offsets
+    with 64 times the learning rate: behind a batch norm without a scale,
+    they are all the network has to shift a channel, and small steps leave
+    them behind. Momentum is linear, so the factor is applied to their
+    gradients.
+
+    Args:
+        norm_bias_lr_scale: float > 0. Step factor for ``beta`` variables.
+        **kwargs: passed to ``keras.optimizers.SGD``.
+
+    Example:
+
+    >>> import numpy as np
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization()])
+    >>> model.compile(SGD(0.1, norm_bias_lr_scale=64.0), "mse")
+    >>> _ = model.train_on_batch(np.eye(3, dtype="float32"), np.ones((3, 3)))
+    >>> np.round(model.layers[0].beta.numpy(), 2)  # 0.1 * 64 * (2/3 of the mean error)
+    array([4.27, 4.27, 4.27], dtype=float32)
+    """
+
+    def __init__(self, *args, norm_bias_lr_scale=1.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not norm_bias_lr_scale > 0:
+            raise ValueError(f"Expected norm_bias_lr_scale > 0. "
+                             f"Received: norm_bias_lr_scale={norm_bias_lr_scale!r}")
+        self.norm_bias_lr_scale = float(norm_bias_lr_scale)
+
+    def apply(self, grads, trainable_variables=None):
+        variables = (trainable_variables if trainable_variables is not None
+                     else self._trainable_variables)
+        scale = self.norm_bias_lr_scale
+        grads = [g * scale if g is not None and v.name == "beta" else g
+                 for g, v in zip(grads, variables)]
+        return super().apply(grads, trainable_variables)
+
+    def get_config(self):
+        return {**super().get_config(), "norm_bias_lr_scale": self.norm_bias_lr_scale}
+
+
+@keras.saving.register_keras_serializable(package="fmkeras")
 class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
     """Linear one-cycle: up from ``start_fraction * peak`` to ``peak``, then down.
 
@@ -102,15 +148,19 @@ def learning_rate_schedule(learning_rate, schedule="constant", total_steps=None,
     return keras.optimizers.schedules.CosineDecay(learning_rate, total_steps)
 
 
-def build_optimizer(name, learning_rate, weight_decay=None, momentum=0.9):
+def build_optimizer(name, learning_rate, weight_decay=None, momentum=0.9,
+                    norm_bias_lr_scale=1.0):
     """A Keras optimizer by name (``adam``, ``adamw``, ``sgd``, ``rmsprop``).
 
     Args:
         name: str. Optimizer name.
         learning_rate: float or ``LearningRateSchedule``.
-        weight_decay: optional float. Decoupled weight decay.
+        weight_decay: optional float. Decoupled weight decay: each step
+            takes ``learning_rate * weight_decay`` of every weight.
         momentum: float. Nesterov momentum of ``sgd`` (other optimizers
             ignore it).
+        norm_bias_lr_scale: float. Step factor for normalization offsets
+            (:class:`SGD`); ``sgd`` only, since adaptive optimizers undo it.
 
     Example:
 
@@ -124,9 +174,18 @@ def build_optimizer(name, learning_rate, weight_decay=None, momentum=0.9):
     kwargs = {"learning_rate": learning_rate}
     if weight_decay:
         kwargs["weight_decay"] = weight_decay
+    if not norm_bias_lr_scale > 0:
+        raise ConfigError(f"Expected train.norm_bias_lr_scale > 0. "
+                          f"Received: {norm_bias_lr_scale!r}")
+    if norm_bias_lr_scale != 1 and name != "sgd":
+        raise ConfigError(f"train.norm_bias_lr_scale needs optimizer sgd (Adam-like optimizers "
+                          f"normalise the step, which undoes the factor). Received: "
+                          f"optimizer={name!r}, norm_bias_lr_scale={norm_bias_lr_scale!r}")
     if name == "sgd":
         if not 0 <= momentum < 1:
             raise ConfigError(f"Expected 0 <= momentum < 1. Received: momentum={momentum!r}")
         kwargs["momentum"] = float(momentum)
         kwargs["nesterov"] = True
+        if norm_bias_lr_scale != 1:
+            return SGD(norm_bias_lr_scale=float(norm_bias_lr_scale), **kwargs)
     return OPTIMIZERS[name](**kwargs)
