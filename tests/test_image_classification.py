@@ -191,6 +191,7 @@ def test_cifar10_fast_preset_runs_on_a_small_folder(tmp_path):
     result = task.run(config)
     assert result.model.name == "fast_cnn"
     assert result.model.optimizer.momentum == pytest.approx(0.85)
+    assert result.model.optimizer.norm_bias_lr_scale == 64.0
     rows = read_rows(os.path.join(result.run_dir, "history.csv"))
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
 
