@@ -6,9 +6,10 @@ Extracts ``../shared/datasets/cifar10-train-jpg.tar.gz`` (or ``--archive``)
 into ``/tmp`` with :func:`fmkeras.data.archives.safe_extract`, trains the
 ``cifar10_fast`` preset (``fast_cnn`` with widths 32/128/128 and an adapted
 patch-whitening layer, flip and 2-pixel translate augmentation, label
-smoothing 0.2, Nesterov SGD with a one-cycle schedule, batch 1024) on it
-through the image-classification task, which holds out a fixed 10% of the
-images (by seed) as the test set, and stops at the time budget. Reports
+smoothing 0.2, Nesterov SGD with a one-cycle schedule, airbench's weight
+decay and 64x steps for batch-norm offsets, batch 1024) on it through the
+image-classification task, which holds out a fixed 10% of the images (by
+seed) as the test set, and stops at the time budget. Reports
 test accuracy, with test-time flip (the best model's predictions on each
 image and its mirror, averaged) and with flip and 1-pixel shifts.
 ``--images`` trains on a class-balanced subset to check the script quickly.
