@@ -53,6 +53,18 @@ def test_run_writes_the_whole_run_directory(tmp_path):
     assert result.export_path == os.path.join(run_dir, "export", "image_classifier", "1")
 
 
+@pytest.mark.parametrize("steps_per_execution", [1, 3])
+def test_each_epoch_runs_exactly_its_batches(tmp_path, steps_per_execution):
+    """The repeated pipeline must not let an epoch run on into the next one's batches."""
+    data = write_image_folder(tmp_path / "imgs", classes=("a", "b", "c"), per_class=8)
+    config = tiny_config(data, str(tmp_path / "run"), "export.enabled=false",
+                         "train.verbose=0", f"train.steps_per_execution={steps_per_execution}")
+    result = task.run(config)
+    steps = -(-result.metrics["train_samples"] // 4)
+    assert steps % 3  # not a whole number of 3-step groups
+    assert int(result.model.optimizer.iterations) == 2 * steps
+
+
 class FirstEpoch(keras.callbacks.Callback):
     first = None
 

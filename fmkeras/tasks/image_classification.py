@@ -457,8 +457,11 @@ def run(config, callbacks=()):
     # Seed next: tf.data shuffles draw on the global seed as well as their own.
     precision_lib.set_seed(config.seed, config.deterministic)
     # One iterator for the whole fit (none built per epoch) where no worker
-    # shards the data: tf.distribute needs finite epochs to split them.
-    splits = make_datasets(base.with_global_batch(config, dist), repeat=dist.workers == 1)
+    # shards the data (tf.distribute needs finite epochs to split them) and
+    # each call runs one step (Keras runs whole groups of steps_per_execution,
+    # which would run on into the next epoch's batches).
+    repeat = dist.workers == 1 and config.train.steps_per_execution == 1
+    splits = make_datasets(base.with_global_batch(config, dist), repeat=repeat)
     resume = callbacks_lib.prepare_resume(run_dir)
     base.prepare_run_dir(run_dir, config, TASK)
     policy = precision_lib.set_precision(config.precision)
