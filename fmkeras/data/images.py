@@ -331,7 +331,9 @@ def image_dataset(source, image_size, batch_size=32, color_mode="rgb", shuffle=F
         repeat: bool. Repeat the epochs without end, so ``fit`` keeps one
             iterator and the next epoch's first batches are prepared while
             the current epoch ends; pass ``steps_per_epoch=ceil(images /
-            batch_size)`` to ``fit``. The epochs stay the same as without it.
+            batch_size)`` to ``fit``, and a ``steps_per_execution`` that divides
+            it (Keras runs whole groups of steps). The epochs stay the same
+            as without it.
 
     Returns:
         ``tf.data.Dataset`` (a pair for ``subset="both"``).
