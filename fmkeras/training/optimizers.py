@@ -34,7 +34,7 @@ class SGD(keras.optimizers.SGD):
     >>> model = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization()])
     >>> model.compile(SGD(0.1, norm_bias_lr_scale=64.0), "mse")
     >>> _ = model.train_on_batch(np.eye(3, dtype="float32"), np.ones((3, 3)))
-    >>> np.round(model.layers[0].beta.numpy(), 2)  # 0.1 * 64 * (2/3 of the mean error)
+    >>> np.round(model.layers[0].beta.numpy(), 2)  # 0.1 * 64 * 2/3 (the MSE gradient)
     array([4.27, 4.27, 4.27], dtype=float32)
     """
 
