@@ -523,12 +523,12 @@ def _epoch_pipeline(index, image_size, channels, batch_size, shuffle, seed, cach
     # flat_map hides the length; Keras needs it to know where an epoch ends.
     batches = -(-count // batch_size)
     ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
-    if repeat:
-        # Each pass still reads the counter and restarts the batch numbers; the
-        # prefetch below now runs on into the next pass instead of stopping.
-        counter.repeating = True
-        ds = ds.repeat()
-    return ds.prefetch(tf.data.AUTOTUNE)
+    if not repeat:
+        return ds.prefetch(tf.data.AUTOTUNE)
+    # Each pass still reads the counter and restarts the batch numbers; the
+    # prefetch now runs on into the next pass instead of stopping.
+    counter.repeating = True
+    return _repeated(ds, repeat)
 
 
 def batch_pipeline(ds, batch_size, cache=True, shuffle_buffer=0, seed=0, num_classes=None,
