@@ -15,6 +15,7 @@ from fmkeras.models.dcgan import dcgan_discriminator, dcgan_generator
 from fmkeras.models.decoding import beam_search, greedy_search
 from fmkeras.models.gan import GAN
 from fmkeras.models.mlm import mask_tokens, mlm_model
+from fmkeras.models.normalization import FusedBatchNormalization
 from fmkeras.models.recurrent import gru_classifier, lstm_classifier
 from fmkeras.models.simclr import SimCLR, nt_xent_loss
 from fmkeras.models.transformer import (
@@ -29,7 +30,8 @@ from fmkeras.models.transformer import (
 )
 
 __all__ = [
-    "BACKBONE_NAMES", "PatchWhitening", "PixelPreprocessing", "SimCLR", "adapt_whitening",
+    "BACKBONE_NAMES", "FusedBatchNormalization", "PatchWhitening", "PixelPreprocessing",
+    "SimCLR", "adapt_whitening",
     "backbone", "fast_cnn", "image_classifier",
     "mask_tokens", "mlm_model", "nt_xent_loss",
     "GAN", "ClassToken", "FirstToken", "PositionalEmbedding", "TransformerDecoderBlock",

@@ -13,6 +13,7 @@ import numpy as np
 from keras import layers, ops
 
 from fmkeras.models._checks import check_input_shape, check_positive_int, check_rate
+from fmkeras.models.normalization import FusedBatchNormalization
 
 
 def _head(x, num_classes, activation, dtype, name="predictions"):
@@ -302,9 +303,11 @@ def fast_cnn(input_shape, num_classes, widths=(64, 256, 256), whitening=True,
     training images before ``fit``; the image-classification task does),
     then one block per entry of ``widths``: conv 3x3, max-pool 2, batch
     norm, GELU, conv 3x3, batch norm, GELU (convolutions without bias, batch
-    norms without scale). Global max pooling and a bias-free dense layer
-    whose logits are multiplied by ``logit_scale``. Wide layers at low
-    resolution keep the arithmetic dense, which suits CPUs too.
+    norms without scale, computed by TensorFlow's fused kernel:
+    :class:`fmkeras.models.normalization.FusedBatchNormalization`). Global
+    max pooling and a bias-free dense layer whose logits are multiplied by
+    ``logit_scale``. Wide layers at low resolution keep the arithmetic
+    dense, which suits CPUs too.
 
     Args:
         input_shape: tuple of int. ``(height, width, channels)``, at least
@@ -355,8 +358,8 @@ def fast_cnn(input_shape, num_classes, widths=(64, 256, 256), whitening=True,
                               name=f"block{i}_conv{j}")(x)
             if j == 1:
                 x = layers.MaxPooling2D(2, dtype=dtype, name=f"block{i}_pool")(x)
-            x = layers.BatchNormalization(momentum=bn_momentum, scale=False, dtype=dtype,
-                                          name=f"block{i}_bn{j}")(x)
+            x = FusedBatchNormalization(momentum=bn_momentum, scale=False, dtype=dtype,
+                                        name=f"block{i}_bn{j}")(x)
             x = layers.Activation("gelu", dtype=dtype, name=f"block{i}_gelu{j}")(x)
     x = layers.GlobalMaxPooling2D(dtype=dtype, name="max_pool")(x)
     x = layers.Dense(num_classes, use_bias=False, dtype=dtype, name="predictions_dense")(x)
