@@ -130,6 +130,10 @@ def test_fast_cnn_parameter_count_and_layers():
     assert model.output_shape == (None, 10)
     assert model.get_layer("whitening").trainable_weights[0].name == "bias"
     assert model.get_layer("predictions").dtype_policy.compute_dtype == "float32"
+    assert model.get_layer("whitening_activation").activation is keras.activations.relu
+    gelu = fast_cnn((32, 32, 3), 10, widths=(8, 16, 16), whitening_activation="gelu")
+    assert gelu.get_layer("whitening_activation").activation is keras.activations.gelu
+    assert gelu.count_params() == model.count_params()
 
 
 def test_fast_cnn_identity_init_passes_the_first_channels_through():

@@ -296,12 +296,12 @@ class PatchWhitening(layers.Layer):
 
 def fast_cnn(input_shape, num_classes, widths=(64, 256, 256), whitening=True,
              bn_momentum=0.4, logit_scale=1 / 9, identity_init=True, activation="softmax",
-             dtype=None, name="fast_cnn"):
+             whitening_activation="relu", dtype=None, name="fast_cnn"):
     """A small fast-to-train CNN for 32x32 images, after Jordan's airbench (2024).
 
     A 2x2 :class:`PatchWhitening` layer (call :func:`adapt_whitening` on
-    training images before ``fit``; the image-classification task does),
-    then one block per entry of ``widths``: conv 3x3, max-pool 2, batch
+    training images before ``fit``; the image-classification task does) and
+    a ReLU, then one block per entry of ``widths``: conv 3x3, max-pool 2, batch
     norm, GELU, conv 3x3, batch norm, GELU (convolutions without bias, batch
     norms without scale, computed by TensorFlow's fused kernel:
     :class:`fmkeras.models.normalization.FusedBatchNormalization`). Global
@@ -322,6 +322,10 @@ def fast_cnn(input_shape, num_classes, widths=(64, 256, 256), whitening=True,
             filters as the identity (the rest random), an implicit residual
             connection at initialisation.
         activation: str. Final activation, computed in float32.
+        whitening_activation: str. Activation after the whitening layer.
+            Its filters come in pairs of opposite sign, so a ReLU keeps every
+            whitened value; airbench's GELU (``"gelu"``) costs about 10% more
+            time per step on a CPU, for the same accuracy.
         dtype: optional dtype policy name for every layer.
         name: str. Model name.
 
@@ -351,7 +355,7 @@ def fast_cnn(input_shape, num_classes, widths=(64, 256, 256), whitening=True,
         x = PatchWhitening(dtype=dtype, name="whitening")(inputs)
     else:
         x = layers.Conv2D(8 * input_shape[-1], 2, dtype=dtype, name="whitening")(inputs)
-    x = layers.Activation("gelu", dtype=dtype, name="whitening_gelu")(x)
+    x = layers.Activation(whitening_activation, dtype=dtype, name="whitening_activation")(x)
     for i, width in enumerate(widths, start=1):
         for j in (1, 2):
             x = layers.Conv2D(width, 3, padding="same", use_bias=False, dtype=dtype,
