@@ -103,7 +103,7 @@ def simple_cnn(input_shape, num_classes, filters=(32, 64, 128), dense_units=128,
 def _conv_bn(x, filters, strides, dtype, name, relu=True):
     x = layers.Conv2D(filters, 3, strides=strides, padding="same",
                       kernel_initializer="he_normal", dtype=dtype, name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(dtype=dtype, name=f"{name}_bn")(x)
+    x = FusedBatchNormalization(dtype=dtype, name=f"{name}_bn")(x)
     if relu:
         x = layers.Activation("relu", dtype=dtype, name=f"{name}_relu")(x)
     return x

@@ -11,6 +11,7 @@ from __future__ import annotations
 import keras
 
 from fmkeras.models._checks import check_positive_int, check_rate
+from fmkeras.models.normalization import FusedBatchNormalization
 
 # Image size -> (start size of the generator's first map, number of 2x steps).
 SUPPORTED_SIZES = {16: (4, 2), 28: (7, 2), 32: (4, 3), 64: (4, 4)}
@@ -68,7 +69,7 @@ def _apply_upsample_block(x, filters, dtype, name):
     x = keras.layers.Conv2DTranspose(
         filters, 4, strides=2, padding="same", use_bias=False, dtype=dtype, name=f"{name}_conv"
     )(x)
-    x = keras.layers.BatchNormalization(dtype=dtype, name=f"{name}_bn")(x)
+    x = FusedBatchNormalization(dtype=dtype, name=f"{name}_bn")(x)
     return keras.layers.ReLU(dtype=dtype, name=f"{name}_relu")(x)
 
 
