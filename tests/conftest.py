@@ -41,6 +41,17 @@ def _restore_dtype_policy():
     keras.mixed_precision.set_global_policy(SESSION_POLICY)
 
 
+@pytest.fixture(autouse=True)
+def _no_op_determinism_leak():
+    """Runs with ``deterministic: true`` turn TensorFlow op determinism on for the
+    whole process (and Keras then compiles without XLA); turn it off after each test."""
+    yield
+    from tensorflow.python.framework import config as tf_config
+
+    if tf_config.is_op_determinism_enabled():
+        tf_config.disable_op_determinism()
+
+
 class Stop(Exception):
     """The interruption :class:`StopAt` raises (tests expect it with ``pytest.raises``)."""
 

@@ -13,6 +13,7 @@ import sys
 import textwrap
 import time
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -209,6 +210,23 @@ def test_jit_compile_auto_picks_the_faster(monkeypatch):
     times.update({False: 1.0, True: 2.0})
     assert distribute.jit_compile_auto(None, None, key="m1") is True  # cached
     assert distribute.jit_compile_auto(None, None, key="m2") is False
+
+
+def test_jit_compile_auto_keeps_xla_off_under_op_determinism():
+    # Keras compiles without XLA when op determinism is on: timing that as "XLA"
+    # would compare two identical settings.
+    from tensorflow.python.framework import config as tf_config
+
+    build = lambda: keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])  # noqa: E731
+    batch = (np.zeros((8, 4)), np.zeros((8, 2)))
+    tf_config.enable_op_determinism()
+    try:
+        timings = distribute.measure_jit_compile(build, batch, "mse", 1)
+        assert timings[True] == float("inf") and timings[False] < float("inf")
+        assert distribute.jit_compile_auto(build, batch, "mse", 1, key="determinism") is False
+    finally:
+        tf_config.disable_op_determinism()
+    assert distribute.measure_jit_compile(build, batch, "mse", 1)[True] < float("inf")
 
 
 # The image-classification task on two localhost workers sharing a run directory.

@@ -84,7 +84,9 @@ def set_seed(seed, deterministic=False):
     Args:
         seed: int. The seed.
         deterministic: bool. Also enable TensorFlow op determinism, so two
-            runs on the same CPU give bitwise-identical weights.
+            runs on the same CPU give bitwise-identical weights. It stays on
+            for the rest of the process (TensorFlow has no public switch
+            back), and Keras compiles without XLA while it is on.
 
     Example:
 
