@@ -301,9 +301,10 @@ def fast_cnn(input_shape, num_classes, widths=(64, 256, 256), whitening=True,
 
     A 2x2 :class:`PatchWhitening` layer (call :func:`adapt_whitening` on
     training images before ``fit``; the image-classification task does) and
-    a ReLU, then one block per entry of ``widths``: conv 3x3, max-pool 2, batch
-    norm, GELU, conv 3x3, batch norm, GELU (convolutions without bias, batch
-    norms without scale, computed by TensorFlow's fused kernel:
+    a ReLU (``whitening_activation``), then one block per entry of ``widths``:
+    conv 3x3, max-pool 2, batch norm, GELU, conv 3x3, batch norm, GELU
+    (convolutions without bias, batch norms without scale, computed by
+    TensorFlow's fused kernel:
     :class:`fmkeras.models.normalization.FusedBatchNormalization`). Global
     max pooling and a bias-free dense layer whose logits are multiplied by
     ``logit_scale``. Wide layers at low resolution keep the arithmetic
