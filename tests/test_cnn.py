@@ -122,13 +122,13 @@ def correlated_images(n=256, size=12, seed=0):
 
 def test_fast_cnn_parameter_count_and_layers():
     model = fast_cnn((32, 32, 3), 10, widths=(8, 16, 16))
-    # whitening 2x2x3x24 + 24 bias; each block conv(cin->w) + conv(w->w), no bias;
+    # whitening 2x2x3x24 + 24 bias + 24 offset; each block conv(cin->w) + conv(w->w), no bias;
     # each batch norm: beta + moving mean + moving variance (no gamma); head 16 x 10.
     convs = 9 * (24 * 8 + 8 * 8 + 8 * 16 + 16 * 16 + 16 * 16 + 16 * 16)
     norms = 3 * 2 * (8 + 16 + 16)
-    assert model.count_params() == 2 * 2 * 3 * 24 + 24 + convs + norms + 16 * 10
+    assert model.count_params() == 2 * 2 * 3 * 24 + 2 * 24 + convs + norms + 16 * 10
     assert model.output_shape == (None, 10)
-    assert model.get_layer("whitening").trainable_weights[0].name == "bias"
+    assert [w.name for w in model.get_layer("whitening").trainable_weights] == ["bias"]
     assert model.get_layer("predictions").dtype_policy.compute_dtype == "float32"
     assert model.get_layer("whitening_activation").activation is keras.activations.relu
     gelu = fast_cnn((32, 32, 3), 10, widths=(8, 16, 16), whitening_activation="gelu")
@@ -168,6 +168,37 @@ def test_patch_whitening_decorrelates_the_patches_it_was_adapted_to():
     off_diagonal = cov - np.diag(np.diag(cov))
     assert np.abs(off_diagonal).max() < 1e-3
     np.testing.assert_allclose(out[:, 12:], -out[:, :12], atol=1e-5)
+
+
+def test_patch_whitening_weight_decay_pulls_towards_centred_outputs():
+    # The centring offset is frozen and the trainable bias starts at zero, so
+    # decoupled weight decay on the bias keeps the outputs centred.
+    images = correlated_images(64)
+    layer = PatchWhitening()
+    layer.adapt(images)
+    np.testing.assert_array_equal(layer.bias.numpy(), 0.0)
+    assert np.abs(layer.center.numpy()).max() > 0.1
+    layer.bias.assign(np.full(24, 0.5, dtype="float32"))
+    optimizer = keras.optimizers.SGD(1.0, weight_decay=0.5)
+    for _ in range(30):
+        optimizer.apply([keras.ops.zeros((24,))], [layer.bias])
+    out = keras.ops.convert_to_numpy(layer(images)).reshape(-1, 24)
+    np.testing.assert_allclose(out.mean(0), 0.0, atol=1e-3)
+
+
+def test_patch_whitening_loads_weights_saved_with_the_offset_in_the_bias():
+    images = correlated_images(16)
+    layer = PatchWhitening()
+    layer.adapt(images)
+    expected = keras.ops.convert_to_numpy(layer(images))
+    # The two-variable layout of earlier releases: bias (offset included), kernel.
+    old = PatchWhitening()
+    old.build(images.shape)
+    old.load_own_variables({"0": layer.center.numpy(), "1": layer.kernel.numpy()})
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(old(images)), expected, atol=1e-5)
+    np.testing.assert_array_equal(old.center.numpy(), 0.0)
+    with pytest.raises(ValueError):
+        old.load_own_variables({"0": layer.center.numpy()})
 
 
 def test_patch_whitening_bad_inputs_name_what_was_received():
