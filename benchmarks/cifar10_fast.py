@@ -1,6 +1,7 @@
 """CIFAR-10 fast: how far fmkeras' fast_cnn recipe gets within a CPU time budget.
 
-Run: ``python benchmarks/cifar10_fast.py [--minutes 15] [--images N] [--epochs E]``
+Run: ``python benchmarks/cifar10_fast.py [--minutes 15] [--images N] [--epochs E]
+[--set KEY=VALUE ...]``
 
 Extracts ``../shared/datasets/cifar10-train-jpg.tar.gz`` (or ``--archive``)
 into ``/tmp`` with :func:`fmkeras.data.archives.safe_extract`, trains the
@@ -123,6 +124,9 @@ def main(argv=None):
     parser.add_argument("--minutes", type=float, default=15.0, help="training time budget")
     parser.add_argument("--images", type=int, default=None, help="train on a subset")
     parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a preset key, as in python -m fmkeras.train "
+                             "(e.g. --set model.filters=[64,128,128])")
     parser.add_argument("--archive", default=ARCHIVE)
     parser.add_argument("--run-dir", default=None)
     args = parser.parse_args(argv)
@@ -130,17 +134,25 @@ def main(argv=None):
         print(f"CIFAR-10 archive not found at {args.archive}; nothing to do.")
         return 0
 
+    from fmkeras.errors import ConfigError
     from fmkeras.tasks import image_classification as task
     from fmkeras.train import load_task_config
 
-    path = class_folders(args.archive)
-    if args.images:
-        path = subset(path, args.images)
+    # The config is checked before the archive is extracted.
+    path = os.path.join(EXTRACTED, f"subset-{args.images}" if args.images else "train")
     run_dir = args.run_dir or tempfile.mkdtemp(prefix="cifar10-fast-")
     overrides = [f"data.path={path}", f"run_dir={run_dir}", "train.verbose=2"]
     if args.epochs:
         overrides.append(f"train.epochs={args.epochs}")
-    _, config = load_task_config(task.TASK, "cifar10_fast", overrides)
+    overrides += args.set
+    try:
+        _, config = load_task_config(task.TASK, "cifar10_fast", overrides)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    root = class_folders(args.archive)
+    if args.images:
+        subset(root, args.images)
 
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, {cpu_model()}, "
           f"TF {tf.__version__}")

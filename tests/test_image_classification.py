@@ -226,3 +226,15 @@ def test_cifar10_fast_benchmark_test_time_augmentation():
     assert plain == 0.5 and flip == 0.5 and 0.0 <= shifted <= 1.0
     moved = bench._shifted(images, 1, 1)
     np.testing.assert_array_equal(moved[:, :, :2], images[:, :, 1:3])
+
+
+def test_cifar10_fast_benchmark_rejects_a_bad_override_before_extracting(tmp_path, capsys):
+    from conftest import load_script
+
+    bench = load_script("benchmarks", "cifar10_fast.py")
+    archive = tmp_path / "cifar.tar.gz"
+    archive.write_bytes(b"not read")
+    code = bench.main(["--archive", str(archive), "--run-dir", str(tmp_path / "run"),
+                       "--set", "model.filterz=[8]"])
+    assert code == 2
+    assert "filterz" in capsys.readouterr().err
