@@ -65,6 +65,16 @@ def test_wrong_value_type(capsys):
     assert_one_line_error(code, err, "data.batch_size", "int", "'big'")
 
 
+def test_bad_muon_settings_fail_before_any_data_is_read(capsys, tmp_path):
+    code, _, err = run_main(capsys, "--set", "train.optimizer=muon", "--set",
+                            "train.muon_momentum=1.5", "--set", "data.path=/no/such/folder",
+                            "--run-dir", str(tmp_path / "r"))
+    assert_one_line_error(code, err, "train.muon_momentum < 1", "1.5")
+    code, _, err = run_main(capsys, "--set", "train.optimizer=muon", "--set",
+                            "train.muon_scale=0", "--run-dir", str(tmp_path / "r"))
+    assert_one_line_error(code, err, "train.muon_scale > 0", "0")
+
+
 def test_unknown_task(capsys):
     code, _, err = run_main(capsys, "image-clasification")
     assert_one_line_error(code, err, "Unknown task", "did you mean 'image-classification'")

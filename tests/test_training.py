@@ -105,6 +105,90 @@ def test_norm_bias_lr_scale_moves_only_batchnorm_offsets_further(tmp_path):
         optimizers.build_optimizer("sgd", 0.1, norm_bias_lr_scale=0)
 
 
+def _conv_bn_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input((6, 6, 2)), keras.layers.Conv2D(4, 3, use_bias=False, name="conv"),
+        keras.layers.BatchNormalization(scale=False, name="bn"),
+        keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3, name="head")])
+
+
+def test_orthogonalize_flattens_the_singular_values_and_keeps_the_vectors():
+    rng = np.random.default_rng(0)
+    u, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    v, _ = np.linalg.qr(rng.normal(size=(20, 6)))
+    spread = np.array([5.0, 2.0, 1.0, 0.5, 0.3, 0.2])  # condition number 25
+    g = (u * spread) @ v.T
+    for matrix in (g, g.T):  # wide and tall
+        out = keras.ops.convert_to_numpy(optimizers.orthogonalize(matrix.astype("float32"), 5))
+        assert out.shape == matrix.shape
+        s = np.linalg.svd(out, compute_uv=False)
+        assert s.min() > 0.5 and s.max() < 1.3
+    out = keras.ops.convert_to_numpy(optimizers.orthogonalize(g.astype("float32"), 5))
+    # Same singular vectors: u.T @ out @ v is (close to) diagonal and positive.
+    core = u.T @ out @ v
+    assert np.all(np.diag(core) > 0.5)
+    np.testing.assert_allclose(core - np.diag(np.diag(core)), 0.0, atol=1e-4)
+
+
+def test_muon_sgd_normalizes_and_orthogonalizes_kernels_and_sgds_the_rest(tmp_path):
+    x = np.random.default_rng(0).normal(size=(16, 6, 6, 2)).astype("float32")
+    y = np.random.default_rng(1).normal(size=(16, 3)).astype("float32")
+
+    def one_step(optimizer):
+        model = _conv_bn_model()
+        before = model.get_layer("conv").kernel.numpy()
+        model.compile(optimizer, "mse")
+        model.train_on_batch(x, y)
+        return model, before
+
+    sgd_args = dict(momentum=0.85, nesterov=True, weight_decay=0.01, norm_bias_lr_scale=8.0)
+    muon, before = one_step(optimizers.MuonSGD(0.5, muon_scale=0.2, **sgd_args))
+    sgd, _ = one_step(optimizers.SGD(0.5, **sgd_args))
+    # Everything but the kernel takes exactly the SGD step (decay, 8x offsets included).
+    for w, ref in zip(muon.trainable_weights, sgd.trainable_weights):
+        if len(w.shape) != 4:
+            np.testing.assert_allclose(w.numpy(), ref.numpy(), rtol=1e-5, atol=1e-6)
+    rescaled = before * 2.0 / np.linalg.norm(before)  # Frobenius norm sqrt(4 filters)
+    step = (rescaled - muon.get_layer("conv").kernel.numpy()) / (0.5 * 0.2)
+    s = np.linalg.svd(step.transpose(3, 0, 1, 2).reshape(4, -1), compute_uv=False)
+    assert s.min() > 0.3 and s.max() < 1.5  # orthogonal-ish, whatever the gradient's scale
+    assert not np.allclose(muon.get_layer("conv").kernel.numpy(), sgd.get_layer("conv").kernel)
+
+    muon.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert type(loaded.optimizer) is optimizers.MuonSGD
+    assert (loaded.optimizer.muon_scale, loaded.optimizer.muon_momentum) == (0.2, 0.6)
+    assert loaded.optimizer.norm_bias_lr_scale == 8.0
+
+
+def test_muon_sgd_trains_a_conv_net():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 6, 6, 2)).astype("float32")
+    labels = (x[:, :3].mean((1, 2, 3)) > x[:, 3:].mean((1, 2, 3))).astype("int64")
+    model = _conv_bn_model()
+    model.compile(optimizers.build_optimizer("muon", 0.3, momentum=0.85, muon_scale=0.3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    first = model.evaluate(x, labels, verbose=0)
+    model.fit(x, labels, epochs=10, batch_size=16, verbose=0)
+    assert model.evaluate(x, labels, verbose=0) < 0.7 * first
+    norm = np.linalg.norm(model.get_layer("conv").kernel.numpy())
+    assert abs(norm - 2.0) < 0.5  # held near sqrt(filters), no weight decay needed
+
+
+def test_muon_sgd_bad_settings_name_what_was_received():
+    with pytest.raises(ValueError, match="muon_scale > 0. Received: muon_scale=0"):
+        optimizers.MuonSGD(0.1, muon_scale=0)
+    with pytest.raises(ValueError, match="muon_momentum=1.0"):
+        optimizers.MuonSGD(0.1, muon_momentum=1.0)
+    with pytest.raises(ValueError, match="ns_steps=0"):
+        optimizers.MuonSGD(0.1, ns_steps=0)
+    with pytest.raises(ConfigError, match=r"train\.Expected 0 <= muon_momentum < 1"):
+        optimizers.build_optimizer("muon", 0.1, muon_momentum=-0.5)
+    optimizer = optimizers.build_optimizer("muon", 0.1, norm_bias_lr_scale=64.0)
+    assert optimizer.norm_bias_lr_scale == 64.0 and optimizer.nesterov
+
+
 def test_best_checkpoint_value_survives_a_restart(tmp_path):
     from fmkeras.training.callbacks import BestCheckpoint
 

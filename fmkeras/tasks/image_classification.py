@@ -124,7 +124,10 @@ class TrainConfig:
     (:func:`fmkeras.training.optimizers.learning_rate_schedule`);
     ``momentum`` is the Nesterov momentum of ``optimizer: sgd``, and
     ``norm_bias_lr_scale`` its step factor for batch-norm offsets
-    (:class:`fmkeras.training.optimizers.SGD`).
+    (:class:`fmkeras.training.optimizers.SGD`). ``optimizer: muon``
+    (:class:`fmkeras.training.optimizers.MuonSGD`) trains convolution
+    kernels with Muon, steps of ``muon_scale`` times the learning rate with
+    Nesterov momentum ``muon_momentum``, and the rest as ``sgd``.
     """
 
     epochs: int = 15
@@ -133,6 +136,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     momentum: float = 0.9
     norm_bias_lr_scale: float = 1.0
+    muon_scale: float = 0.16
+    muon_momentum: float = 0.6
     schedule: str = "cosine"
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
@@ -340,6 +345,9 @@ def resume_identity(config, splits):
         "warmup_epochs", "label_smoothing")}
     if config.train.norm_bias_lr_scale != 1:  # runs from before the key still resume
         optimizer["norm_bias_lr_scale"] = config.train.norm_bias_lr_scale
+    if config.train.optimizer == "muon":
+        optimizer["muon_scale"] = config.train.muon_scale
+        optimizer["muon_momentum"] = config.train.muon_momentum
     return {
         "model": config_lib.to_dict(config.model),
         "optimizer": optimizer,
@@ -410,6 +418,13 @@ def validate_data(config):
 def _check_config(config):
     if config.train.epochs < 1:
         raise ConfigError(f"Expected train.epochs >= 1. Received: {config.train.epochs}")
+    if config.train.optimizer == "muon":  # before any data is read (no TensorFlow yet)
+        if not config.train.muon_scale > 0:
+            raise ConfigError(f"Expected train.muon_scale > 0. "
+                              f"Received: {config.train.muon_scale!r}")
+        if not 0 <= config.train.muon_momentum < 1:
+            raise ConfigError(f"Expected 0 <= train.muon_momentum < 1. "
+                              f"Received: {config.train.muon_momentum!r}")
     if config.data.batch_size < 1:
         raise ConfigError(f"Expected data.batch_size >= 1. Received: {config.data.batch_size}")
     if config.data.image_size < 1:
@@ -483,8 +498,9 @@ def run(config, callbacks=()):
             train.learning_rate, train.schedule, total_steps=steps * train.epochs,
             warmup_steps=steps * train.warmup_epochs)
         model.compile(
-            optimizer=optimizers.build_optimizer(train.optimizer, lr, train.weight_decay,
-                                                 train.momentum, train.norm_bias_lr_scale),
+            optimizer=optimizers.build_optimizer(
+                train.optimizer, lr, train.weight_decay, train.momentum,
+                train.norm_bias_lr_scale, train.muon_scale, train.muon_momentum),
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing),
             metrics=["accuracy"], jit_compile=config.jit_compile,
             steps_per_execution=train.steps_per_execution)
