@@ -255,7 +255,8 @@ class PatchWhitening(layers.Layer):
                                       trainable=False)
 
     def adapt(self, images):
-        """Set the kernel and bias from ``images`` (``[n, h, w, c]``, as the model gets them).
+        """Set the kernel and the centring offset from ``images`` (``[n, h, w, c]``, as the
+        model gets them), and the trainable bias to zero.
 
         Raises:
             ValueError: ``images`` is not 4-D, its channels differ from the
