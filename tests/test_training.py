@@ -183,7 +183,8 @@ def test_muon_sgd_bad_settings_name_what_was_received():
         optimizers.MuonSGD(0.1, muon_momentum=1.0)
     with pytest.raises(ValueError, match="ns_steps=0"):
         optimizers.MuonSGD(0.1, ns_steps=0)
-    with pytest.raises(ConfigError, match=r"train\.Expected 0 <= muon_momentum < 1"):
+    with pytest.raises(ConfigError, match=r"Expected 0 <= train\.muon_momentum < 1\. "
+                                          r"Received: train\.muon_momentum=-0\.5"):
         optimizers.build_optimizer("muon", 0.1, muon_momentum=-0.5)
     optimizer = optimizers.build_optimizer("muon", 0.1, norm_bias_lr_scale=64.0)
     assert optimizer.norm_bias_lr_scale == 64.0 and optimizer.nesterov

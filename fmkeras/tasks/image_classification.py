@@ -419,12 +419,11 @@ def _check_config(config):
     if config.train.epochs < 1:
         raise ConfigError(f"Expected train.epochs >= 1. Received: {config.train.epochs}")
     if config.train.optimizer == "muon":  # before any data is read (no TensorFlow yet)
-        if not config.train.muon_scale > 0:
-            raise ConfigError(f"Expected train.muon_scale > 0. "
-                              f"Received: {config.train.muon_scale!r}")
-        if not 0 <= config.train.muon_momentum < 1:
-            raise ConfigError(f"Expected 0 <= train.muon_momentum < 1. "
-                              f"Received: {config.train.muon_momentum!r}")
+        try:
+            optimizers.check_muon_settings(config.train.muon_scale, config.train.muon_momentum,
+                                           prefix="train.")
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
     if config.data.batch_size < 1:
         raise ConfigError(f"Expected data.batch_size >= 1. Received: {config.data.batch_size}")
     if config.data.image_size < 1:

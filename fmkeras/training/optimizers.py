@@ -96,6 +96,27 @@ def orthogonalize(matrix, steps=3):
     return x if wide else keras.ops.transpose(x)
 
 
+def check_muon_settings(muon_scale, muon_momentum, prefix=""):
+    """Raise ``ValueError`` unless ``muon_scale > 0`` and ``0 <= muon_momentum < 1``.
+
+    Plain Python (no TensorFlow), so configs can be checked before anything starts.
+
+    Example:
+
+    >>> check_muon_settings(0.16, 0.6)
+    >>> check_muon_settings(0.16, 1.0, prefix="train.")
+    Traceback (most recent call last):
+    ...
+    ValueError: Expected 0 <= train.muon_momentum < 1. Received: train.muon_momentum=1.0
+    """
+    if not muon_scale > 0:
+        raise ValueError(f"Expected {prefix}muon_scale > 0. "
+                         f"Received: {prefix}muon_scale={muon_scale!r}")
+    if not 0 <= muon_momentum < 1:
+        raise ValueError(f"Expected 0 <= {prefix}muon_momentum < 1. "
+                         f"Received: {prefix}muon_momentum={muon_momentum!r}")
+
+
 @keras.saving.register_keras_serializable(package="fmkeras")
 class MuonSGD(SGD):
     """Muon for convolution kernels, this module's :class:`SGD` for every other variable.
@@ -137,11 +158,7 @@ class MuonSGD(SGD):
 
     def __init__(self, *args, muon_scale=0.16, muon_momentum=0.6, ns_steps=3, **kwargs):
         super().__init__(*args, **kwargs)
-        if not muon_scale > 0:
-            raise ValueError(f"Expected muon_scale > 0. Received: muon_scale={muon_scale!r}")
-        if not 0 <= muon_momentum < 1:
-            raise ValueError(f"Expected 0 <= muon_momentum < 1. "
-                             f"Received: muon_momentum={muon_momentum!r}")
+        check_muon_settings(muon_scale, muon_momentum)
         if not (isinstance(ns_steps, int) and ns_steps >= 1):
             raise ValueError(f"Expected an int ns_steps >= 1. Received: ns_steps={ns_steps!r}")
         self.muon_scale = float(muon_scale)
@@ -328,10 +345,11 @@ def build_optimizer(name, learning_rate, weight_decay=None, momentum=0.9,
         kwargs["nesterov"] = True
     if name == "muon":
         try:
-            return MuonSGD(norm_bias_lr_scale=float(norm_bias_lr_scale),
-                           muon_scale=muon_scale, muon_momentum=muon_momentum, **kwargs)
+            check_muon_settings(muon_scale, muon_momentum, prefix="train.")
         except ValueError as error:
-            raise ConfigError(f"train.{error}") from None
+            raise ConfigError(str(error)) from None
+        return MuonSGD(norm_bias_lr_scale=float(norm_bias_lr_scale),
+                       muon_scale=muon_scale, muon_momentum=muon_momentum, **kwargs)
     if name == "sgd" and norm_bias_lr_scale != 1:
         return SGD(norm_bias_lr_scale=float(norm_bias_lr_scale), **kwargs)
     return OPTIMIZERS[name](**kwargs)
