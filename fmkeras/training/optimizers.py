@@ -6,9 +6,6 @@ import keras
 
 from fmkeras.errors import ConfigError
 
-OPTIMIZERS = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW,
-              "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop,
-              "muon": None}  # MuonSGD, built by build_optimizer
 SCHEDULES = ("constant", "cosine", "onecycle", "plateau")
 
 
@@ -204,6 +201,11 @@ class MuonSGD(SGD):
                 "muon_momentum": self.muon_momentum, "ns_steps": self.ns_steps}
 
 
+OPTIMIZERS = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW,
+              "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop,
+              "muon": MuonSGD}
+
+
 @keras.saving.register_keras_serializable(package="fmkeras")
 class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
     """Linear one-cycle: up from ``start_fraction * peak`` to ``peak``, then down.
@@ -348,8 +350,8 @@ def build_optimizer(name, learning_rate, weight_decay=None, momentum=0.9,
             check_muon_settings(muon_scale, muon_momentum, prefix="train.")
         except ValueError as error:
             raise ConfigError(str(error)) from None
-        return MuonSGD(norm_bias_lr_scale=float(norm_bias_lr_scale),
-                       muon_scale=muon_scale, muon_momentum=muon_momentum, **kwargs)
-    if name == "sgd" and norm_bias_lr_scale != 1:
+        kwargs.update(muon_scale=muon_scale, muon_momentum=muon_momentum,
+                      norm_bias_lr_scale=float(norm_bias_lr_scale))
+    elif name == "sgd" and norm_bias_lr_scale != 1:
         return SGD(norm_bias_lr_scale=float(norm_bias_lr_scale), **kwargs)
     return OPTIMIZERS[name](**kwargs)
