@@ -153,6 +153,28 @@ def test_fast_cnn_rejects_images_too_small_for_its_blocks():
         fast_cnn((8, 8, 3), 10, widths=(4, 4, 4))
     with pytest.raises(ValueError, match="widths"):
         fast_cnn((32, 32, 3), 10, widths=(4, 0))
+    with pytest.raises(ValueError, match=r"input_shape=\(None, 8, 3\)"):
+        fast_cnn((None, 8, 3), 10, widths=(4, 4, 4))
+
+
+def test_fast_cnn_takes_any_image_size_when_height_and_width_are_none():
+    model = fast_cnn((None, None, 3), 10, widths=(8, 16, 16))
+    fixed = fast_cnn((32, 32, 3), 10, widths=(8, 16, 16))
+    assert model.count_params() == fixed.count_params()
+    fixed.set_weights(model.get_weights())
+    images = np.random.default_rng(0).random((2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(model.predict(images, verbose=0),
+                               fixed.predict(images, verbose=0), atol=1e-6)
+    assert model.predict(images[:, :24, :20], verbose=0).shape == (2, 10)
+
+
+def test_resnet_takes_any_image_size_and_simple_cnn_says_why_it_cannot():
+    model = resnet((None, None, 3), 4, depth=8, base_filters=4)
+    assert model.predict(np.zeros((1, 20, 12, 3), "float32"), verbose=0).shape == (1, 4)
+    with pytest.raises(ValueError, match=r"at least 4.*input_shape=\(None, 2, 3\)"):
+        resnet((None, 2, 3), 4, depth=8)
+    with pytest.raises(ValueError, match=r"flattens.*must be known.*\(None, None, 3\)"):
+        simple_cnn((None, None, 3), 4)
 
 
 def test_patch_whitening_decorrelates_the_patches_it_was_adapted_to():

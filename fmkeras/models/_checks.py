@@ -31,3 +31,18 @@ def check_input_shape(shape, rank=None):
         expected = f"{rank} positive integers" if rank else "positive integers"
         raise ValueError(f"Expected input_shape of {expected}. Received: input_shape={shape!r}")
     return tuple(None if d is None else int(d) for d in shape)
+
+
+def check_image_sides(shape, min_side, reason, known=False):
+    """Raise ``ValueError`` unless height and width of ``(height, width, ...)`` are large enough.
+
+    ``None`` sides (any size) pass unless ``known``; ``reason`` says why the
+    builder needs ``min_side`` pixels (or known sides).
+    """
+    sides = tuple(shape[:2])
+    if known and None in sides:
+        raise ValueError(f"{reason}, so height and width must be known. "
+                         f"Received: input_shape={tuple(shape)}")
+    if any(side is not None and side < min_side for side in sides):
+        raise ValueError(f"{reason}, so height and width must be at least {min_side}. "
+                         f"Received: input_shape={tuple(shape)}")

@@ -12,7 +12,12 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from fmkeras.models._checks import check_input_shape, check_positive_int, check_rate
+from fmkeras.models._checks import (
+    check_image_sides,
+    check_input_shape,
+    check_positive_int,
+    check_rate,
+)
 from fmkeras.models.normalization import FusedBatchNormalization
 
 
@@ -44,12 +49,8 @@ def apply_conv_stages(x, filters=(32, 64, 128), kernel_size=3, dtype=None):
     filters = tuple(filters)
     for f in filters:
         check_positive_int("filters", f)
-    min_side = 2 ** len(filters)
-    if min(x.shape[1:3]) < min_side:
-        raise ValueError(
-            f"simple_cnn halves the image {len(filters)} times, so height and width "
-            f"must be at least {min_side}. Received: input_shape={tuple(x.shape[1:])}, "
-            f"filters={filters}")
+    check_image_sides(x.shape[1:], 2 ** len(filters),
+                      f"simple_cnn halves the image {len(filters)} times (filters={filters})")
     for i, f in enumerate(filters, start=1):
         x = layers.Conv2D(f, kernel_size, padding="same", activation="relu",
                           dtype=dtype, name=f"conv{i}")(x)
@@ -88,6 +89,7 @@ def simple_cnn(input_shape, num_classes, filters=(32, 64, 128), dense_units=128,
     (None, 10)
     """
     input_shape = check_input_shape(input_shape, rank=3)
+    check_image_sides(input_shape, 1, "simple_cnn flattens its last feature map", known=True)
     check_rate("dropout", dropout)
     inputs = keras.Input(shape=input_shape, name="images")
     x = apply_conv_stages(inputs, filters, kernel_size, dtype)
@@ -155,10 +157,7 @@ def apply_resnet_stages(x, depth=20, base_filters=16, dtype=None):
     if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
         raise ValueError(
             f"Expected depth = 6n + 2 with n >= 1 (8, 14, 20, 32, ...). Received: depth={depth!r}")
-    if min(x.shape[1:3]) < 4:
-        raise ValueError(
-            f"resnet halves the image twice, so height and width must be at least 4. "
-            f"Received: input_shape={tuple(x.shape[1:])}")
+    check_image_sides(x.shape[1:], 4, "resnet halves the image twice")
     blocks = (depth - 2) // 6
     x = _conv_bn(x, base_filters, 1, dtype, "stem")
     for stage in range(3):
@@ -330,7 +329,8 @@ def fast_cnn(input_shape, num_classes, widths=(64, 256, 256), whitening=True,
 
     Args:
         input_shape: tuple of int. ``(height, width, channels)``, at least
-            ``2 ** len(widths) + 1`` pixels on each side.
+            ``2 ** len(widths) + 1`` pixels on each side; height and width
+            may be None (any size, e.g. smaller crops early in training).
         num_classes: int.
         widths: tuple of int. Channels of each block.
         whitening: bool. ``PatchWhitening`` first; else a trainable 2x2 conv.
@@ -362,11 +362,9 @@ def fast_cnn(input_shape, num_classes, widths=(64, 256, 256), whitening=True,
     widths = tuple(widths)
     for width in widths:
         check_positive_int("widths", width)
-    min_side = 2 ** len(widths) + 1
-    if min(input_shape[:2]) < min_side:
-        raise ValueError(f"fast_cnn halves the image {len(widths)} times after a 2x2 valid "
-                         f"convolution, so height and width must be at least {min_side}. "
-                         f"Received: input_shape={input_shape}, widths={widths}")
+    check_image_sides(input_shape, 2 ** len(widths) + 1,
+                      f"fast_cnn halves the image {len(widths)} times after a 2x2 valid "
+                      f"convolution (widths={widths})")
     if not 0 <= bn_momentum < 1:
         raise ValueError(f"Expected 0 <= bn_momentum < 1. Received: bn_momentum={bn_momentum!r}")
     inputs = keras.Input(shape=input_shape, name="images")
