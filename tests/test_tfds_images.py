@@ -32,3 +32,29 @@ def test_unknown_dataset_is_a_clear_error():
 
 def test_is_tfds_name():
     assert is_tfds_name("tfds:mnist") and not is_tfds_name("data/digits")
+
+
+def test_builders_can_read_their_download_checksums(tmp_path):
+    # tensorflow-datasets 4.9 imports importlib_resources here, which it declares for
+    # Python < 3.9 only and etils 1.15 no longer brings: without it every download failed
+    # with ModuleNotFoundError before a byte was fetched (setup.cfg installs it).
+    builder = tfds.builder("cifar10", data_dir=str(tmp_path))
+    assert any("cifar-10" in url for url in builder.url_infos)
+
+
+def test_failed_download_names_the_dataset_and_the_offline_way(monkeypatch, tmp_path):
+    import requests
+
+    def offline(*args, **kwargs):
+        raise requests.exceptions.ConnectionError(
+            "HTTPSConnectionPool(host='www.cs.toronto.edu', port=443): Max retries exceeded\n"
+            "(Caused by NameResolutionError)")
+
+    monkeypatch.setattr(tfds, "load", offline)
+    with pytest.raises(DataError) as info:
+        tfds_image_dataset("tfds:cifar10", 8, data_dir=str(tmp_path))
+    message = str(info.value)
+    assert "Cannot download or prepare tfds dataset 'cifar10'" in message
+    assert "ConnectionError: HTTPSConnectionPool(host='www.cs.toronto.edu'" in message
+    assert "tfds build cifar10" in message and str(tmp_path) in message
+    assert "\n" not in message

@@ -8,12 +8,18 @@ the same task. Offline tests use ``tensorflow_datasets.testing.mock_data``.
 
 from __future__ import annotations
 
+import os
+
 import tensorflow as tf
 
 from fmkeras.data.images import COLOR_MODES, _to_channels, batch_pipeline, check_color_mode
 from fmkeras.errors import DataError
 
 TFDS_PREFIX = "tfds:"
+
+
+def _first_line(err):
+    return (str(err).splitlines() or [""])[0]
 
 
 def is_tfds_name(source):
@@ -72,7 +78,15 @@ def tfds_image_dataset(name, image_size, split="train", batch_size=32, color_mod
                              data_dir=data_dir, download=download, shuffle_files=False)
     except (tfds.core.registered.DatasetNotFoundError, ValueError, AssertionError) as err:
         raise DataError(f"Cannot load tfds dataset {name!r} (split {split!r}): "
-                        f"{str(err).splitlines()[0]}") from None
+                        f"{_first_line(err)}") from None
+    except OSError as err:  # no network (requests' errors are OSErrors), a full disk, ...
+        folder = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+        raise DataError(
+            f"Cannot download or prepare tfds dataset {name!r}: {type(err).__name__}: "
+            f"{_first_line(err)}. Expected network access on first use (tfds downloads and "
+            f"prepares it into {folder}); on a machine without one, run `tfds build {name}` "
+            f"where there is and copy the prepared folder into {folder}, or set "
+            f"TFDS_DATA_DIR.") from None
     label = info.supervised_keys[1] if info.supervised_keys else "label"
     feature = info.features[label]
     if not hasattr(feature, "names"):
