@@ -5,6 +5,9 @@ user controls: a bad path, a bad config key, an unreadable file. The CLI
 prints these as one line and exits non-zero, without a traceback.
 """
 
+import contextlib
+import os
+
 
 class FmkerasError(ValueError):
     """An error caused by user input; the message says what was received and expected.
@@ -25,3 +28,37 @@ class DataError(FmkerasError):
 
 class ConfigError(FmkerasError):
     """A config file, key or value is invalid."""
+
+
+@contextlib.contextmanager
+def keras_download(what, local_option):
+    """Turn a failed ``keras.utils.get_file`` download into a :class:`DataError`.
+
+    Keras raises a bare ``Exception("URL fetch failure on <url>: ...")`` when
+    it cannot fetch a file it does not have yet (ImageNet weights, ...).
+    Inside this context that becomes a ``DataError`` that names the file,
+    Keras' cache folder and the local alternative; other errors pass.
+
+    Args:
+        what: str. What was being downloaded, e.g. "the ImageNet weights of resnet50".
+        local_option: str. How to pass a local file instead.
+
+    Example:
+
+    >>> try:
+    ...     with keras_download("the ImageNet weights of resnet50", "weights=<file>"):
+    ...         raise Exception("URL fetch failure on https://x/resnet50.h5: None -- offline")
+    ... except DataError as err:
+    ...     print(str(err)[:74])
+    Cannot download the ImageNet weights of resnet50: URL fetch failure on htt
+    """
+    try:
+        yield
+    except Exception as err:
+        if isinstance(err, FmkerasError) or not str(err).startswith("URL fetch failure"):
+            raise
+        cache = os.path.join(os.environ.get("KERAS_HOME") or "~/.keras", "models")
+        raise DataError(
+            f"Cannot download {what}: {err}. Expected network access on first use (Keras "
+            f"keeps the file in {cache}); on a machine without one, copy that file into "
+            f"{cache} or pass a local weights file as {local_option}.") from None

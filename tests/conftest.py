@@ -103,3 +103,18 @@ def write_image_folder(root, classes=("a", "b"), per_class=4, size=(12, 10), mod
 def image_folder(tmp_path):
     """A tiny two-class RGB PNG folder."""
     return write_image_folder(tmp_path / "images")
+
+
+@pytest.fixture
+def offline_keras(monkeypatch, tmp_path):
+    """Keras downloads as on a machine without network: an empty cache, name lookups fail."""
+    import socket
+    import urllib.error
+
+    from keras.src.utils import file_utils
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+
+    monkeypatch.setattr(file_utils.config, "keras_home", lambda: str(tmp_path / "keras-home"))
+    monkeypatch.setattr(file_utils, "urlretrieve", no_network)

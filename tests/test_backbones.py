@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from keras.src.applications import imagenet_utils
 
+from fmkeras.errors import DataError
 from fmkeras.models import backbones
 
 SHAPE = (32, 32, 3)
@@ -154,3 +155,13 @@ def test_image_classifier_rejects_unknown_pooling():
     trunk = backbones.backbone("simple_cnn", (16, 16, 1), filters=(8, 16))
     with pytest.raises(ValueError, match="'avg', 'max' or 'flatten'. Received: pooling='sum'"):
         backbones.image_classifier(trunk, 3, pooling="sum")
+
+
+def test_imagenet_weights_without_network_is_a_clear_error(offline_keras):
+    with pytest.raises(DataError) as info:
+        backbones.backbone("mobilenet_v2", (96, 96, 3), weights="imagenet", alpha=0.35)
+    message = str(info.value)
+    assert message.startswith("Cannot download the ImageNet weights of mobilenet_v2: URL fetch "
+                              "failure on https://")
+    assert "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_96_no_top.h5" in message
+    assert "Name or service not known" in message and "local weights file" in message

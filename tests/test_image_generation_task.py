@@ -120,6 +120,18 @@ def test_cli_unknown_extractor(capsys, tmp_path):
     assert_one_line_error(code, err, "evaluation.extractor", "'vgg'")
 
 
+def test_offline_inception_fid_fails_before_training(capsys, tmp_path, offline_keras):
+    data = write_image_folder(tmp_path / "data", classes=("a", "b"), per_class=4, size=(16, 16))
+    run_dir = tmp_path / "r"
+    code, _, err = run_main(capsys, "image-generation", "--set", f"data.path={data}",
+                            "--set", "evaluation.extractor=inception",
+                            "--run-dir", str(run_dir))
+    assert_one_line_error(code, err, "Cannot download the ImageNet weights of InceptionV3",
+                          "inception_v3_weights_tf_dim_ordering_tf_kernels.h5",
+                          "evaluation.inception_weights")
+    assert not (run_dir / "history.csv").exists()  # stopped before the first epoch
+
+
 def test_flat_folder_is_one_unlabelled_class(tmp_path):
     root = write_image_folder(tmp_path / "data", classes=("a",), per_class=10, size=(16, 16))
     flat = tmp_path / "flat"

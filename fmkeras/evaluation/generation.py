@@ -24,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from fmkeras.errors import FmkerasError
+from fmkeras.errors import FmkerasError, keras_download
 
 INCEPTION_SIZE = 299
 
@@ -453,13 +453,15 @@ def inception_extractor(weights="imagenet", include_top=True, value_range=(-1.0,
     from keras.applications import inception_v3
 
     shape = (INCEPTION_SIZE, INCEPTION_SIZE, 3)
-    if include_top:
-        base = inception_v3.InceptionV3(include_top=True, weights=weights, input_shape=shape)
-        net = keras.Model(base.inputs, [base.get_layer("avg_pool").output, base.outputs[0]])
-    else:
-        net = inception_v3.InceptionV3(
-            include_top=False, pooling="avg", weights=weights, input_shape=shape
-        )
+    with keras_download("the ImageNet weights of InceptionV3",
+                        "weights (evaluation.inception_weights in a config)"):
+        if include_top:
+            base = inception_v3.InceptionV3(include_top=True, weights=weights, input_shape=shape)
+            net = keras.Model(base.inputs, [base.get_layer("avg_pool").output, base.outputs[0]])
+        else:
+            net = inception_v3.InceptionV3(
+                include_top=False, pooling="avg", weights=weights, input_shape=shape
+            )
 
     def apply(images):
         x = keras.ops.cast(keras.ops.convert_to_tensor(images), "float32")

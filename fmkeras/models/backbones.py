@@ -16,7 +16,7 @@ import warnings
 import keras
 from keras import ops
 
-from fmkeras.errors import ConfigError
+from fmkeras.errors import ConfigError, keras_download
 from fmkeras.models import cnn
 
 # How each family's ``preprocess_input`` maps [0, 255] pixels (keras.applications'
@@ -157,9 +157,11 @@ def backbone(name, input_shape, weights=None, skip_mismatch=False, **kwargs):
         return _native_backbone(canonical, inputs, weights, skip_mismatch, **kwargs)
     constructor, mode = _BACKBONES[canonical]
     x = PixelPreprocessing(mode, name="preprocess")(inputs) if mode != "none" else inputs
-    model = getattr(keras.applications, constructor)(
-        include_top=False, weights=None if is_file else weights, input_tensor=x,
-        input_shape=tuple(input_shape), name=canonical, **kwargs)
+    with keras_download(f"the ImageNet weights of {canonical}",
+                        "weights (model.weights in a config)"):
+        model = getattr(keras.applications, constructor)(
+            include_top=False, weights=None if is_file else weights, input_tensor=x,
+            input_shape=tuple(input_shape), name=canonical, **kwargs)
     if is_file:
         load_backbone_weights(model, str(weights), skip_mismatch)
     return model

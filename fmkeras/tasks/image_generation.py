@@ -408,6 +408,10 @@ def run(config, callbacks=()):
                                            every_s=config.checkpoint_every_s),
         *callbacks,
     ]
+    # Inception's weights are fetched before training: offline, the run stops in seconds
+    # (one line on what to do), not after the GAN has trained.
+    extractor = (make_extractor(config, train_ds, image_shape, num_classes, run_dir)
+                 if config.evaluation.extractor == "inception" else None)
     try:
         fit_history = dist.fit(gan, dist.dataset(gan_ds), epochs=t.epochs,
                                callbacks=fit_callbacks, verbose=t.verbose, shuffle=False)
@@ -418,7 +422,7 @@ def run(config, callbacks=()):
     if n < 2:
         raise DataError(f"Expected at least 2 held-out images to score. Received: {n}")
     real, _ = dataset_arrays(scaled_dataset(test_index, data, shuffle=False, seed=0), n)
-    extractor = make_extractor(config, train_ds, image_shape, num_classes, run_dir)
+    extractor = extractor or make_extractor(config, train_ds, image_shape, num_classes, run_dir)
     fake = generate(gan.generator, n, num_classes if data.conditional else None, config.seed)
     metrics = score(real, fake, extractor)
     metrics.update(num_samples=n, precision_policy=policy, train_samples=len(train_index),
