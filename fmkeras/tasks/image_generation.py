@@ -422,7 +422,8 @@ def run(config, callbacks=()):
     if n < 2:
         raise DataError(f"Expected at least 2 held-out images to score. Received: {n}")
     real, _ = dataset_arrays(scaled_dataset(test_index, data, shuffle=False, seed=0), n)
-    extractor = extractor or make_extractor(config, train_ds, image_shape, num_classes, run_dir)
+    if extractor is None:
+        extractor = make_extractor(config, train_ds, image_shape, num_classes, run_dir)
     fake = generate(gan.generator, n, num_classes if data.conditional else None, config.seed)
     metrics = score(real, fake, extractor)
     metrics.update(num_samples=n, precision_policy=policy, train_samples=len(train_index),
