@@ -217,6 +217,9 @@ class RunSettings:
 
     def __post_init__(self):
         check_checkpoint_interval(self.checkpoint_every_s)
+        if self.run_dir and os.path.exists(self.run_dir) and not os.path.isdir(self.run_dir):
+            raise ValueError(f"run_dir must be a folder (new, or a run to resume). Received: "
+                             f"{self.run_dir!r}, which is a file")
 
 
 def check_checkpoint_interval(seconds):

@@ -30,6 +30,23 @@ class ConfigError(FmkerasError):
     """A config file, key or value is invalid."""
 
 
+def cwd_note(path):
+    """`` (looked in <cwd>)`` for a relative ``path``, for "not found" messages.
+
+    Presets name the embedded data relative to the repository root
+    (``data/digits``), so a run started elsewhere says where it looked.
+
+    Example:
+
+    >>> cwd_note("/abs/path")
+    ''
+    >>> cwd_note("data/digits") == f" (looked in {os.getcwd()})"
+    True
+    """
+    path = os.fspath(path)
+    return "" if os.path.isabs(path) else f" (looked in {os.getcwd()})"
+
+
 @contextlib.contextmanager
 def keras_download(what, local_option):
     """Turn a failed ``keras.utils.get_file`` download into a :class:`DataError`.

@@ -39,6 +39,14 @@ def test_missing_data_directory(capsys, tmp_path):
     assert_one_line_error(code, err, "not found", "/no/such/folder")
 
 
+@pytest.mark.parametrize("task", ["image-classification", "translation", "pretrain-mlm"])
+def test_default_data_from_another_folder_says_where_it_looked(capsys, tmp_path, monkeypatch,
+                                                               task):
+    monkeypatch.chdir(tmp_path)  # presets name data/... relative to the repository root
+    code, _, err = run_main(capsys, task)
+    assert_one_line_error(code, err, "not found", "data.path='data/", f"(looked in {tmp_path})")
+
+
 def test_directory_without_images(capsys, tmp_path):
     os.makedirs(tmp_path / "data" / "cats")
     (tmp_path / "data" / "cats" / "readme.txt").write_text("no images here")
@@ -53,6 +61,26 @@ def test_empty_class_folder(capsys, tmp_path):
     code, _, err = run_main(capsys, "--set", f"data.path={root}", "--run-dir",
                             str(tmp_path / "r"))
     assert_one_line_error(code, err, "'zebra'")
+
+
+@pytest.mark.parametrize("pipeline", ["tfdata", "image_data_generator"])
+def test_one_class_folder_is_not_a_classification_dataset(capsys, tmp_path, pipeline):
+    root = write_image_folder(tmp_path / "data" / "train", classes=("cat",))
+    write_image_folder(tmp_path / "data" / "test", classes=("cat",))
+    code, _, err = run_main(capsys, "--set", f"data.path={tmp_path / 'data'}", "--set",
+                            f"data.pipeline={pipeline}", "--run-dir", str(tmp_path / "r"))
+    assert_one_line_error(code, err, "at least 2 class folders", "['cat']")
+    assert root and not (tmp_path / "r").exists()
+
+
+def test_run_dir_that_is_a_file_or_lies_under_one(capsys, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    code, _, err = run_main(capsys, "--run-dir", str(afile))
+    assert_one_line_error(code, err, "run_dir must be a folder", "which is a file")
+    code, _, err = run_main(capsys, "translation", "--run-dir", str(afile / "run"))
+    assert_one_line_error(code, err, "Cannot create the run directory", "Not a directory")
+    assert afile.read_text() == "keep me"
 
 
 def test_unknown_config_key_suggests(capsys):
@@ -101,11 +129,13 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
 def test_cli_trains_and_prints_where_the_run_went(capsys, tmp_path):
     root = write_image_folder(tmp_path / "data", per_class=5)
     run_dir = tmp_path / "run"
-    code, out, _ = run_main(
-        capsys, "image-classification", "--config", "digits_cnn", "--set", f"data.path={root}",
-        "--set", "train.epochs=1", "--set", "data.image_size=8", "--set", "data.color_mode=rgb",
-        "--set", "export.check=false", "--set", "train.warmup_epochs=0",
-        "--run-dir", str(run_dir))
+    # The preset warms up for one epoch: a one-epoch run trains without warm-up.
+    with pytest.warns(UserWarning, match="warmup_epochs=1 is not below train.epochs=1"):
+        code, out, _ = run_main(
+            capsys, "image-classification", "--config", "digits_cnn", "--set",
+            f"data.path={root}", "--set", "train.epochs=1", "--set", "data.image_size=8",
+            "--set", "data.color_mode=rgb", "--set", "export.check=false",
+            "--run-dir", str(run_dir))
     assert code == 0
     assert f"Run directory: {run_dir}" in out
     assert "test_accuracy" in out

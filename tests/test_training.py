@@ -1,5 +1,7 @@
 """Precision policy, seeds, optimizers and schedules."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -60,6 +62,17 @@ def test_onecycle_climbs_then_falls_linearly_and_round_trips(tmp_path):
     assert float(loaded.optimizer.learning_rate) == pytest.approx(float(lr(1)))
     with pytest.raises(ConfigError, match="total_steps=10, warmup_steps=10"):
         optimizers.learning_rate_schedule(1.0, "onecycle", total_steps=10, warmup_steps=10)
+
+
+def test_warmup_as_long_as_the_run_is_shortened_with_a_warning():
+    assert optimizers.warmup_steps_for(7, 2, epochs=3) == 14
+    with pytest.warns(UserWarning, match="warming up for 2 epoch"):
+        assert optimizers.warmup_steps_for(7, 4, epochs=3, schedule="onecycle") == 14
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warm-up in a constant schedule: nothing to say
+        assert optimizers.warmup_steps_for(7, 4, epochs=3, schedule="constant") == 28
+    with pytest.raises(ConfigError, match="Received: -1"):
+        optimizers.warmup_steps_for(7, -1, epochs=3)
 
 
 def test_bad_optimizer_and_schedule():

@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 from fmkeras import config as config_lib
+from fmkeras.errors import ConfigError
 
 
 @dataclasses.dataclass
@@ -101,7 +102,12 @@ def prepare_run_dir(run_dir, config, task):
     ...     seed: int = 1
     >>> path = prepare_run_dir("/tmp/fmkeras-example-run", C(), "demo")
     """
-    os.makedirs(os.path.join(run_dir, "plots"), exist_ok=True)
+    try:
+        os.makedirs(os.path.join(run_dir, "plots"), exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"Cannot create the run directory {run_dir!r}: {err.strerror} "
+                          f"({err.filename}). Expected a folder fmkeras can write to "
+                          f"(--run-dir or run_dir).") from err
     config_lib.save_config(config, os.path.join(run_dir, "config.yaml"), task=task)
     write_json(os.path.join(run_dir, "manifest.json"), manifest(config, task))
     return run_dir

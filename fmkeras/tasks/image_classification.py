@@ -26,7 +26,7 @@ from fmkeras.data import images as image_data
 from fmkeras.data import tfds_images
 from fmkeras.data.augment import Augmentation
 from fmkeras.data.image_data_generator import ImageDataGenerator
-from fmkeras.errors import ConfigError, DataError
+from fmkeras.errors import ConfigError, DataError, cwd_note
 from fmkeras.evaluation import classification as cls_eval
 from fmkeras.models.augmentation import with_augmentation
 from fmkeras.tasks import base, transfer
@@ -243,7 +243,7 @@ def load_splits(data_config, seed):
     if not os.path.isdir(root):
         raise DataError(
             f"Image data folder not found. Expected a folder with train/ and test/ class "
-            f"folders, or a folder of class folders. Received: data.path={root!r}")
+            f"folders, or a folder of class folders. Received: data.path={root!r}{cwd_note(root)}")
     train_dir, test_dir = os.path.join(root, "train"), os.path.join(root, "test")
     check = functools.partial(image_data.validate_index,
                               max_bad_fraction=data_config.max_bad_fraction)
@@ -315,6 +315,7 @@ def make_datasets(config, repeat=False):
         count = lambda ds: int(ds.unbatch().reduce(0, lambda n, _: n + 1))  # noqa: E731
         return ImageSplits(train, val, test, names, count(train), count(test))
     train_index, val_index, test_index = load_splits(data, seed)
+    _check_class_count(train_index.class_names, data.path)
     common.update(num_classes=len(train_index.class_names), validate=False)  # checked above
     # The epoch's order and augmentation follow Keras' epoch number, so a resumed run
     # replays exactly the epochs an uninterrupted one would.
@@ -357,6 +358,12 @@ def resume_identity(config, splits):
     }
 
 
+def _check_class_count(class_names, path):
+    if len(class_names) < 2:
+        raise DataError(f"A classifier needs at least 2 class folders in {path!r}. "
+                        f"Received: {list(class_names)}")
+
+
 def _generator_splits(data, aug, seed):
     """Train/validation/test from the ImageDataGenerator-compatible API."""
     train_dir, test_dir = os.path.join(data.path, "train"), os.path.join(data.path, "test")
@@ -376,6 +383,7 @@ def _generator_splits(data, aug, seed):
                 interpolation="bilinear", max_bad_fraction=data.max_bad_fraction)
     subset = "training" if data.validation_split else None
     train = augmenting.flow_from_directory(train_dir, subset=subset, shuffle=True, **flow)
+    _check_class_count(list(train.class_indices), train_dir)
     val = (plain.flow_from_directory(train_dir, subset="validation", shuffle=False, **flow)
            if data.validation_split else None)
     test = ImageDataGenerator(rescale=data.rescale).flow_from_directory(
@@ -495,7 +503,8 @@ def run(config, callbacks=()):
         steps = int(np.ceil(splits.train_samples / dist.global_batch(data.batch_size)))
         lr = optimizers.learning_rate_schedule(
             train.learning_rate, train.schedule, total_steps=steps * train.epochs,
-            warmup_steps=steps * train.warmup_epochs)
+            warmup_steps=optimizers.warmup_steps_for(steps, train.warmup_epochs, train.epochs,
+                                                     train.schedule))
         model.compile(
             optimizer=optimizers.build_optimizer(
                 train.optimizer, lr, train.weight_decay, train.momentum,

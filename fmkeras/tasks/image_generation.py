@@ -20,7 +20,7 @@ from fmkeras import config as config_lib
 from fmkeras import export as export_lib
 from fmkeras import models, saving
 from fmkeras.data import images as image_data
-from fmkeras.errors import ConfigError, DataError
+from fmkeras.errors import ConfigError, DataError, cwd_note
 from fmkeras.evaluation import classification as cls_eval
 from fmkeras.evaluation import generation
 from fmkeras.models.dcgan import SUPPORTED_SIZES
@@ -178,7 +178,7 @@ def load_splits(data_config, seed):
     root = data_config.path
     if not os.path.isdir(root):
         raise DataError(f"Image data folder not found. Expected a folder of images or of class "
-                        f"folders. Received: data.path={root!r}")
+                        f"folders. Received: data.path={root!r}{cwd_note(root)}")
     train_dir, test_dir = os.path.join(root, "train"), os.path.join(root, "test")
     if os.path.isdir(train_dir) and os.path.isdir(test_dir):
         train = _index(train_dir)

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from fmkeras import config as config_lib
 from fmkeras.data import text as text_data
-from fmkeras.errors import ConfigError, DataError
+from fmkeras.errors import ConfigError, DataError, cwd_note
 from fmkeras.evaluation import classification as cls_eval
 from fmkeras.models.mlm import mask_tokens, mlm_model
 from fmkeras.tasks import base
@@ -96,7 +96,7 @@ def read_texts(data_config):
     path = data_config.path
     if not os.path.isfile(path):
         raise DataError(f"Text file not found. Expected a .txt, .tsv or .csv file. "
-                        f"Received: data.path={path!r}")
+                        f"Received: data.path={path!r}{cwd_note(path)}")
     texts, _ = text_data.read_text_column(path, data_config.text_column,
                                           max_chars=data_config.max_chars)
     if len(texts) < 2:
@@ -115,7 +115,7 @@ def validate_data(config):
     path = config.data.path
     if not os.path.isfile(path):
         raise DataError(f"Text file not found. Expected a .txt, .tsv or .csv file. "
-                        f"Received: data.path={path!r}")
+                        f"Received: data.path={path!r}{cwd_note(path)}")
     with text_data.report_every_problem():
         _, report = text_data.read_text_column(path, config.data.text_column,
                                                max_chars=config.data.max_chars, warn=False)

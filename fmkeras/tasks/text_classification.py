@@ -24,7 +24,7 @@ import os
 
 from fmkeras import config as config_lib
 from fmkeras.data import text as text_data
-from fmkeras.errors import ConfigError, DataError
+from fmkeras.errors import ConfigError, DataError, cwd_note
 from fmkeras.evaluation import classification as cls_eval
 from fmkeras.export import text as text_export
 from fmkeras.models.recurrent import gru_classifier, lstm_classifier
@@ -140,7 +140,8 @@ def load_texts(config):
     data = config.data
     if not os.path.exists(data.path):
         raise DataError("Text classification data not found. Expected a TSV/CSV file or a "
-                        f"folder of label folders. Received: data.path={data.path!r}")
+                        "folder of label folders. "
+                        f"Received: data.path={data.path!r}{cwd_note(data.path)}")
     texts = text_data.read_labelled_text(data.path, data.text_column, data.label_column,
                                          max_chars=data.max_chars)
     if len(texts.class_names) < 2:
@@ -165,7 +166,8 @@ def validate_data(config):
     data = config.data
     if not os.path.exists(data.path):
         raise DataError("Text classification data not found. Expected a TSV/CSV file or a "
-                        f"folder of label folders. Received: data.path={data.path!r}")
+                        "folder of label folders. "
+                        f"Received: data.path={data.path!r}{cwd_note(data.path)}")
     with text_data.report_every_problem():
         texts = text_data.read_labelled_text(data.path, data.text_column, data.label_column,
                                              max_chars=data.max_chars, warn=False)

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from fmkeras import config as config_lib
 from fmkeras.data import text as text_data
-from fmkeras.errors import ConfigError, DataError
+from fmkeras.errors import ConfigError, DataError, cwd_note
 from fmkeras.evaluation import classification as cls_eval
 from fmkeras.export import text as text_export
 from fmkeras.models.transformer import transformer_seq2seq
@@ -186,8 +186,8 @@ def compile_text_model(model, config, train_samples, metrics=("accuracy",), dist
     steps = int(np.ceil(train_samples / batch))
     lr = optimizers.learning_rate_schedule(
         train.learning_rate, train.schedule, total_steps=steps * train.epochs,
-        # A one-epoch run (tests, smoke checks) skips the warm-up rather than failing.
-        warmup_steps=steps * min(train.warmup_epochs, train.epochs - 1))
+        warmup_steps=optimizers.warmup_steps_for(steps, train.warmup_epochs, train.epochs,
+                                                 train.schedule))
     model.compile(optimizer=optimizers.build_optimizer(train.optimizer, lr, train.weight_decay),
                   loss=text_loss(train.label_smoothing), metrics=list(metrics),
                   jit_compile=config.jit_compile)
@@ -245,7 +245,8 @@ def validate_data(config):
     data = config.data
     if not os.path.isfile(data.path):
         raise DataError("Translation corpus not found. Expected a TSV file of "
-                        f"source<TAB>target lines. Received: data.path={data.path!r}")
+                        f"source<TAB>target lines. "
+                        f"Received: data.path={data.path!r}{cwd_note(data.path)}")
     with text_data.report_every_problem():
         corpus = text_data.read_parallel_tsv(data.path, max_chars=data.max_chars, warn=False)
     return text_data.report_problems(corpus.report)
@@ -277,7 +278,8 @@ def load_corpus(config):
     data = config.data
     if not os.path.isfile(data.path):
         raise DataError(f"Translation corpus not found. Expected a source<TAB>target TSV "
-                          f"file. Received: data.path={data.path!r}")
+                          f"file. "
+                        f"Received: data.path={data.path!r}{cwd_note(data.path)}")
     corpus = text_data.read_parallel_tsv(data.path, max_chars=data.max_chars)
     splits = corpus.split(data.validation_split, data.test_split, config.seed)
     if not len(splits["train"]) or not len(splits["test"]):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 
 from fmkeras.errors import ConfigError
@@ -251,6 +253,40 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
         return {"peak": self.peak, "total_steps": self.total_steps,
                 "warmup_steps": self.warmup_steps, "start_fraction": self.start_fraction,
                 "end_fraction": self.end_fraction}
+
+
+def warmup_steps_for(steps_per_epoch, warmup_epochs, epochs, schedule="cosine"):
+    """Warm-up steps for ``warmup_epochs`` of a run of ``epochs``.
+
+    A warm-up as long as the run itself (a preset's one warm-up epoch with
+    ``train.epochs=1``, say) is shortened to ``epochs - 1`` epochs, with a
+    warning, so a quick short run trains instead of stopping.
+
+    Args:
+        steps_per_epoch: int. Optimizer steps per epoch.
+        warmup_epochs: int. Requested warm-up epochs (>= 0).
+        epochs: int. Epochs of the run (>= 1).
+        schedule: str. The schedule; only ``cosine`` and ``onecycle`` warm up.
+
+    Example:
+
+    >>> warmup_steps_for(10, 2, epochs=5)
+    20
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     warmup_steps_for(10, 1, epochs=1), len(caught)
+    (0, 1)
+    """
+    if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) \
+            or warmup_epochs < 0:
+        raise ConfigError(f"Expected train.warmup_epochs to be an integer >= 0. "
+                          f"Received: {warmup_epochs!r}")
+    if warmup_epochs >= epochs and schedule in ("cosine", "onecycle"):
+        warnings.warn(f"train.warmup_epochs={warmup_epochs} is not below train.epochs="
+                      f"{epochs}: warming up for {epochs - 1} epoch(s) instead", stacklevel=2)
+        warmup_epochs = epochs - 1
+    return steps_per_epoch * warmup_epochs
 
 
 def learning_rate_schedule(learning_rate, schedule="constant", total_steps=None,
