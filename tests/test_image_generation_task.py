@@ -132,6 +132,16 @@ def test_offline_inception_fid_fails_before_training(capsys, tmp_path, offline_k
     assert not (run_dir / "history.csv").exists()  # stopped before the first epoch
 
 
+def test_too_few_held_out_images_fail_before_training(capsys, tmp_path):
+    data = write_image_folder(tmp_path / "data", classes=("x",), per_class=3, size=(16, 16))
+    run_dir = tmp_path / "r"
+    code, _, err = run_main(capsys, "image-generation", "--set", f"data.path={data}",
+                            "--run-dir", str(run_dir))
+    assert_one_line_error(code, err, "at least 2 held-out images", "Received: 1 held out of 3",
+                          "data.test_split=0.2")
+    assert not (run_dir / "history.csv").exists()
+
+
 def test_flat_folder_is_one_unlabelled_class(tmp_path):
     root = write_image_folder(tmp_path / "data", classes=("a",), per_class=10, size=(16, 16))
     flat = tmp_path / "flat"

@@ -372,6 +372,14 @@ def run(config, callbacks=()):
     precision_lib.set_seed(config.seed)
     data = config.data
     train_index, test_index = load_splits(data, config.seed)
+    # Checked before training: scoring needs real images the GAN did not train on.
+    n = min(config.evaluation.num_samples, len(test_index))
+    if n < 2:
+        raise DataError(
+            f"Expected at least 2 held-out images to score the generator. Received: "
+            f"{len(test_index)} held out of {len(train_index) + len(test_index)} in "
+            f"{data.path!r} (data.test_split={data.test_split}). Add images, raise "
+            f"data.test_split or give a test/ folder of 2 or more.")
     num_classes = len(train_index.class_names)
     if data.conditional and num_classes < 2:
         raise ConfigError("data.conditional=true needs 2+ class folders. Received: 1 class in "
@@ -418,9 +426,6 @@ def run(config, callbacks=()):
     finally:
         callbacks_lib.after_fit(fit_callbacks)
 
-    n = min(config.evaluation.num_samples, len(test_index))
-    if n < 2:
-        raise DataError(f"Expected at least 2 held-out images to score. Received: {n}")
     real, _ = dataset_arrays(scaled_dataset(test_index, data, shuffle=False, seed=0), n)
     if extractor is None:
         extractor = make_extractor(config, train_ds, image_shape, num_classes, run_dir)
