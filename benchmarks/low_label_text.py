@@ -123,9 +123,11 @@ def split_corpus(labels, num_classes, test_per_class, per_class, seed=0):
 def write_classifier_file(path, train_rows, test_rows, seed=CLASSIFIER_SEED):
     """Write ``text<TAB>label`` rows so the task's seeded split tests exactly ``test_rows``.
 
-    ``text-classification`` shuffles the rows with ``seed`` and takes the
-    first ``round(n * test_split)`` (no validation split) as its test set;
-    the rows are placed where that shuffle looks.
+    ``text-classification`` splits each label's rows with ``seed``
+    (stratified, no validation split here) and holds out
+    ``round(n_label * test_split)`` of them; the file lays out the labels,
+    asks the same split where it would look, and puts each label's test
+    rows there.
 
     Args:
         path: str. The ``.tsv`` file to write.
@@ -138,22 +140,27 @@ def write_classifier_file(path, train_rows, test_rows, seed=CLASSIFIER_SEED):
     Example:
 
     >>> write_classifier_file(os.path.join(tempfile.mkdtemp(), "d.tsv"),
-    ...                       [("a", "x")] * 3, [("b", "y")])
+    ...                       [("a", "x")] * 3 + [("c", "y")] * 3, [("b", "x"), ("d", "y")])
     0.25
     """
     from fmkeras.data import text as text_data
 
     total = len(train_rows) + len(test_rows)
     test_split = len(test_rows) / total
-    if int(round(total * test_split)) != len(test_rows):
-        raise ValueError(f"Expected round({total} * test_split) == {len(test_rows)}. "
-                         f"Received: test_split={test_split}")
-    order = text_data.split_indices(total, 0.0, test_split, seed)
+    names = sorted({label for _, label in train_rows + test_rows})
+    layout = np.array([names.index(label) for _, label in train_rows + test_rows])
+    order = text_data.split_indices(total, 0.0, test_split, seed, labels=layout)
     rows = [None] * total
-    for i, row in zip(order["test"], test_rows):
-        rows[i] = row
-    for i, row in zip(order["train"], train_rows):
-        rows[i] = row
+    for part, wanted in (("test", test_rows), ("train", train_rows)):
+        for index, name in enumerate(names):
+            places = [i for i in order[part] if layout[i] == index]
+            mine = [row for row in wanted if row[1] == name]
+            if len(places) != len(mine):
+                raise ValueError(
+                    f"Expected the split to hold out {len(mine)} of label {name!r} with "
+                    f"test_split={test_split}. Received: {len(places)} for {part}")
+            for i, row in zip(places, mine):
+                rows[i] = row
     with open(path, "w", encoding="utf-8") as f:
         f.write("text\tlabel\n")
         f.writelines(f"{text}\t{label}\n" for text, label in rows)

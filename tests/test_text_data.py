@@ -137,6 +137,24 @@ def test_labelled_text_folder(tmp_path):
     assert "3.txt:2" in str(caught[0].message)
 
 
+def test_labelled_split_is_stratified():
+    labels = np.array([0] * 90 + [1] * 7 + [2] * 2 + [3])  # one frequent label, three rare
+    parts = split_indices(100, 0.1, 0.2, seed=3, labels=labels)
+    joined = np.concatenate(list(parts.values()))
+    assert sorted(joined.tolist()) == list(range(100))
+    count = {name: np.bincount(labels[rows], minlength=4).tolist()
+             for name, rows in parts.items()}
+    assert count["test"] == [18, 1, 1, 0] and count["validation"] == [9, 1, 0, 0]
+    assert count["train"] == [63, 5, 1, 1]  # every label trains
+    texts = LabelledText([f"t{i}" for i in range(100)], labels.astype(np.int32),
+                         ["a", "b", "c", "d"])
+    split = texts.split(0.1, 0.2, seed=3)
+    assert [len(split[k]) for k in ("train", "validation", "test")] == [70, 10, 20]
+    assert all(labels[int(t[1:])] == y for t, y in zip(split["test"].texts, split["test"].labels))
+    with pytest.raises(DataError, match=r"labels of shape \(3,\)"):
+        split_indices(4, 0.1, 0.1, labels=[0, 1, 0])
+
+
 def test_splits_are_fixed_by_seed():
     parts = split_indices(100, 0.2, 0.1, seed=5)
     assert [len(parts[k]) for k in ("train", "validation", "test")] == [70, 20, 10]
@@ -149,9 +167,11 @@ def test_splits_are_fixed_by_seed():
     split = corpus.split(0.2, 0.2, seed=1)
     assert all(t == "t" + s for s, t in zip(split["test"].sources, split["test"].targets))
     assert len(split["test"]) == len(split["validation"]) == 2
-    labelled = LabelledText(corpus.sources, np.arange(10), ["x"]).split(0.2, 0.2, seed=1)
-    assert labelled["test"].texts == split["test"].sources
-    assert [int(t) for t in labelled["train"].texts] == labelled["train"].labels.tolist()
+    labels = np.arange(10) % 2
+    labelled = LabelledText(corpus.sources, labels, ["x", "y"]).split(0.2, 0.2, seed=1)
+    assert [len(labelled[k]) for k in ("train", "validation", "test")] == [6, 2, 2]
+    assert [int(t) % 2 for t in labelled["train"].texts] == labelled["train"].labels.tolist()
+    assert sorted(labelled["test"].labels.tolist()) == [0, 1]
     with pytest.raises(DataError, match="Received: validation_split=0.6, test_split=0.5"):
         split_indices(10, 0.6, 0.5)
 

@@ -204,21 +204,30 @@ class LabelledText:
         return len(self.texts)
 
     def split(self, validation_split=0.1, test_split=0.1, seed=1337):
-        """Splits into ``{"train", "validation", "test"}`` by :func:`split_indices`."""
+        """Stratified ``{"train", "validation", "test"}`` by :func:`split_indices`.
+
+        Each label gives the same fractions, so a rare label is in every part
+        it has texts enough for (training first).
+        """
         return {name: LabelledText([self.texts[i] for i in index], self.labels[index],
                                    self.class_names, self.report)
                 for name, index in split_indices(len(self), validation_split, test_split,
-                                                 seed).items()}
+                                                 seed, labels=self.labels).items()}
 
 
-def split_indices(num_examples, validation_split=0.1, test_split=0.1, seed=1337):
+def split_indices(num_examples, validation_split=0.1, test_split=0.1, seed=1337, labels=None):
     """Shuffles ``range(num_examples)`` with ``seed`` and cuts it in three.
+
+    With ``labels`` the cut is stratified: each label is cut in the same
+    fractions, and a label with a few examples keeps one for training first,
+    then gives one to test, then to validation (where the fraction asks for any).
 
     Args:
         num_examples: int. How many examples there are.
         validation_split: float. Fraction for validation, in ``[0, 1)``.
         test_split: float. Fraction for test, in ``[0, 1)``.
         seed: int. Shuffle seed; the same seed gives the same split.
+        labels: optional int array of ``num_examples`` labels to stratify by.
 
     Returns:
         A dict with ``"train"``, ``"validation"`` and ``"test"`` int arrays.
@@ -235,11 +244,33 @@ def split_indices(num_examples, validation_split=0.1, test_split=0.1, seed=1337)
     if validation_split + test_split >= 1:
         raise DataError("Expected validation_split + test_split < 1. Received: "
                         f"validation_split={validation_split}, test_split={test_split}")
-    order = np.random.default_rng(seed).permutation(num_examples)
-    num_val = int(round(num_examples * validation_split))
-    num_test = int(round(num_examples * test_split))
-    return {"train": order[num_val + num_test:], "validation": order[:num_val],
-            "test": order[num_val:num_val + num_test]}
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        order = rng.permutation(num_examples)
+        num_val = int(round(num_examples * validation_split))
+        num_test = int(round(num_examples * test_split))
+        return {"train": order[num_val + num_test:], "validation": order[:num_val],
+                "test": order[num_val:num_val + num_test]}
+    labels = np.asarray(labels)
+    if labels.shape != (num_examples,):
+        raise DataError(f"Expected one label per example ({num_examples}). "
+                        f"Received: labels of shape {labels.shape}")
+    parts = {"train": [], "validation": [], "test": []}
+    for label in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == label))
+        left = len(rows) - 1  # one for training
+        num_test = min(_at_least_one(len(rows) * test_split), left)
+        num_val = min(_at_least_one(len(rows) * validation_split), left - num_test)
+        parts["test"].append(rows[:num_test])
+        parts["validation"].append(rows[num_test:num_test + num_val])
+        parts["train"].append(rows[num_test + num_val:])
+    return {name: rng.permutation(np.concatenate(rows)).astype(np.int64)
+            for name, rows in parts.items()}
+
+
+def _at_least_one(count):
+    """``round(count)``, but 1 for any positive count below 0.5."""
+    return max(int(round(count)), 1) if count > 0 else 0
 
 
 def read_parallel_tsv(path, max_chars=None, warn=True):
