@@ -9,12 +9,14 @@ a non-zero exit code; ``--debug`` shows the traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import importlib
 import os
 import signal
 import sys
 import threading
+import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up chatter out
 
@@ -45,6 +47,30 @@ class Terminated(BaseException):
 
 def _raise_terminated(signum, frame):
     raise Terminated()
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+@contextlib.contextmanager
+def _plain_warnings():
+    """fmkeras' own warnings as ``warning: <message>`` lines, without file and source line.
+
+    They are meant for the person at the terminal (skipped files, a shortened
+    warm-up); other libraries' warnings keep Python's format.
+    """
+    default = warnings.formatwarning
+
+    def formatwarning(message, category, filename, lineno, line=None):
+        if os.path.abspath(filename).startswith(_PACKAGE_DIR):
+            return f"warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = formatwarning
+    try:
+        yield
+    finally:
+        warnings.formatwarning = default
 
 
 def build_parser():
@@ -147,6 +173,13 @@ def main(argv=None):
     """Entry point; returns the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.debug:
+        return _main(args)
+    with _plain_warnings():
+        return _main(args)
+
+
+def _main(args):
     if threading.current_thread() is threading.main_thread():
         # A scheduler's SIGTERM stops at the next step; the last completed epoch is
         # already backed up, so rerunning the same command resumes from there.

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 from conftest import REPO, write_image_folder
@@ -124,6 +125,34 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
     assert proc.returncode == train.EXIT_USER_ERROR
     assert "Traceback" not in proc.stderr
     assert "error: Image data folder not found" in proc.stderr
+
+
+def test_real_process_prints_fmkeras_warnings_as_plain_lines(tmp_path):
+    root = write_image_folder(tmp_path / "data", per_class=4)
+    (tmp_path / "data" / "a" / "broken.png").write_bytes(b"not an image")
+    env = dict(os.environ, PYTHONPATH=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fmkeras.train", "--set", f"data.path={root}", "--set",
+         "train.epochs=1", "--set", "data.image_size=8", "--set", "model.filters=[4]",
+         "--set", "export.enabled=false", "--set", "train.verbose=0", "--set",
+         "data.max_bad_fraction=0.2",
+         "--run-dir", str(tmp_path / "r")],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert any(line.startswith("warning: Skipping 1 of 9 image files") for line in lines)
+    assert any(line.startswith("warning: train.warmup_epochs=1 is not below") for line in lines)
+    assert "UserWarning" not in proc.stderr and "make_datasets(" not in proc.stderr
+
+
+def test_plain_warning_format_is_only_for_fmkeras_and_only_inside_main():
+    default = warnings.formatwarning
+    with train._plain_warnings():
+        own = warnings.formatwarning("Skipping 1", UserWarning, train.__file__, 3)
+        other = warnings.formatwarning("careful", UserWarning, "/elsewhere/lib.py", 7)
+    assert own == "warning: Skipping 1\n"
+    assert other.startswith("/elsewhere/lib.py:7: UserWarning: careful")
+    assert warnings.formatwarning is default
 
 
 def test_cli_trains_and_prints_where_the_run_went(capsys, tmp_path):
