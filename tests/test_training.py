@@ -42,6 +42,17 @@ def test_seed_makes_initialisation_repeatable():
     np.testing.assert_array_equal(weights(), weights())
 
 
+def test_deterministic_seed_turns_determinism_off_again_but_not_the_callers():
+    from tensorflow.python.framework import config as tf_config
+    precision.set_seed(1, deterministic=True)
+    assert tf_config.is_op_determinism_enabled()
+    precision.set_seed(1)  # a later fast run in the same process
+    assert not tf_config.is_op_determinism_enabled()
+    tf_config.enable_op_determinism()  # the caller's own choice stays
+    precision.set_seed(1)
+    assert tf_config.is_op_determinism_enabled()
+
+
 def test_cosine_schedule_warms_up_and_decays():
     lr = optimizers.learning_rate_schedule(0.1, "cosine", total_steps=100, warmup_steps=10)
     assert float(lr(0)) == pytest.approx(0.0)

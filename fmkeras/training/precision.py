@@ -84,14 +84,37 @@ def set_seed(seed, deterministic=False):
     Args:
         seed: int. The seed.
         deterministic: bool. Also enable TensorFlow op determinism, so two
-            runs on the same CPU give bitwise-identical weights. It stays on
-            for the rest of the process (TensorFlow has no public switch
-            back), and Keras compiles without XLA while it is on.
+            runs on the same CPU give bitwise-identical weights (Keras
+            compiles without XLA while it is on). ``False`` turns it back
+            off if an earlier ``set_seed`` turned it on (a notebook running
+            a deterministic run, then a fast one); determinism the caller
+            enabled itself is left alone.
 
     Example:
 
+    >>> set_seed(42, deterministic=True)
+    >>> _determinism_enabled()
+    True
     >>> set_seed(42)
+    >>> _determinism_enabled()
+    False
     """
+    global _DETERMINISM_BY_US
     keras.utils.set_random_seed(int(seed))
     if deterministic:
-        tf.config.experimental.enable_op_determinism()
+        if not _determinism_enabled():
+            tf.config.experimental.enable_op_determinism()
+            _DETERMINISM_BY_US = True
+    elif _DETERMINISM_BY_US:
+        # TensorFlow exports no switch back; this is the one its own tests use.
+        from tensorflow.python.framework import config as tf_config
+        tf_config.disable_op_determinism()
+        _DETERMINISM_BY_US = False
+
+
+_DETERMINISM_BY_US = False
+
+
+def _determinism_enabled():
+    from tensorflow.python.framework import config as tf_config
+    return tf_config.is_op_determinism_enabled()
