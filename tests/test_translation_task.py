@@ -136,6 +136,21 @@ def test_cli_unknown_decode_method(capsys, tmp_path):
     assert_one_line_error(code, err, "decode.method", "'sampling'")
 
 
+@pytest.mark.parametrize("setting, fragment", [
+    ("decode.beam_width=0", "decode.beam_width to be an integer >= 1. Received: 0"),
+    ("decode.batch_size=0", "decode.batch_size"),
+    ("decode.length_penalty=-1", "decode.length_penalty >= 0. Received: -1"),
+    ("decode.max_length=99", "between 1 and data.sequence_length (24), or null. Received: 99"),
+    ("decode.max_test_sentences=0", "decode.max_test_sentences >= 1"),
+])
+def test_cli_bad_decode_settings_fail_before_training(capsys, tmp_path, setting, fragment):
+    run_dir = tmp_path / "r"
+    code, _, err = run_main(capsys, "translation", "--set", "decode.method=beam", "--set",
+                            setting, "--run-dir", str(run_dir))
+    assert_one_line_error(code, err, fragment)
+    assert not run_dir.exists()
+
+
 def test_beam_of_width_one_matches_greedy(result):
     run_dir, seq = result.run_dir, 10
     source = text_data.text_vectorizer(seq, vocabulary=os.path.join(run_dir, "vocab",

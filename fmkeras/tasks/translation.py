@@ -261,9 +261,31 @@ def _check_config(config):
     if decode.method not in text_export.DECODE_METHODS:
         raise ConfigError(f"Unknown decode.method. Expected one of "
                           f"{list(text_export.DECODE_METHODS)}. Received: {decode.method!r}")
+    _check_decode_config(decode, data.sequence_length)
     if config.jit_compile not in (True, False, "auto"):
         raise ConfigError(
             f"Expected jit_compile true, false or 'auto'. Received: {config.jit_compile!r}")
+
+
+def _check_decode_config(decode, sequence_length):
+    """The decoding settings, checked before training rather than after it."""
+    def whole(value, low):
+        return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+    for key in ("beam_width", "batch_size"):
+        if not whole(getattr(decode, key), 1):
+            raise ConfigError(f"Expected decode.{key} to be an integer >= 1. "
+                              f"Received: {getattr(decode, key)!r}")
+    if not decode.length_penalty >= 0:
+        raise ConfigError(f"Expected decode.length_penalty >= 0. "
+                          f"Received: {decode.length_penalty!r}")
+    if decode.max_length is not None and not (
+            whole(decode.max_length, 1) and decode.max_length <= sequence_length):
+        raise ConfigError(f"Expected decode.max_length between 1 and data.sequence_length "
+                          f"({sequence_length}), or null. Received: {decode.max_length!r}")
+    if decode.max_test_sentences is not None and not whole(decode.max_test_sentences, 1):
+        raise ConfigError(f"Expected decode.max_test_sentences >= 1, or null for all. "
+                          f"Received: {decode.max_test_sentences!r}")
 
 
 def load_corpus(config):
