@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 
@@ -220,6 +221,39 @@ class RunSettings:
         if self.run_dir and os.path.exists(self.run_dir) and not os.path.isdir(self.run_dir):
             raise ValueError(f"run_dir must be a folder (new, or a run to resume). Received: "
                              f"{self.run_dir!r}, which is a file")
+
+
+EXPORT_NAME = r"[A-Za-z0-9_-][A-Za-z0-9_.-]*"
+
+
+@dataclasses.dataclass
+class ExportSettings:
+    """SavedModel export settings: ``<run_dir>/export/<name>/<version>``.
+
+    ``enabled`` (export at the end of the run), ``name`` (the model's
+    folder, TensorFlow Serving's ``model_name``: letters, digits, ``_``,
+    ``-`` and ``.``, not first) and ``check`` (reload the export and compare
+    its outputs with the in-memory model's). The name is checked here, so a
+    bad one stops the run before training, not at the export after it.
+
+    Example:
+
+    >>> ExportSettings(name="digits_cnn").name
+    'digits_cnn'
+    >>> ExportSettings(name="../x")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: Expected export.name of letters, ... Received: '../x'
+    """
+
+    enabled: bool = True
+    name: str = "model"
+    check: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not re.fullmatch(EXPORT_NAME, self.name):
+            raise ValueError(f"Expected export.name of letters, digits, '_', '-' or '.' "
+                             f"(not first). Received: {self.name!r}")
 
 
 def check_checkpoint_interval(seconds):

@@ -84,6 +84,15 @@ def test_run_dir_that_is_a_file_or_lies_under_one(capsys, tmp_path):
     assert afile.read_text() == "keep me"
 
 
+@pytest.mark.parametrize("task", ["image-classification", "translation", "image-generation",
+                                  "fine-tune", "text-classification"])
+def test_bad_export_name_fails_before_training(capsys, tmp_path, task):
+    code, _, err = run_main(capsys, task, "--set", "export.name=../x", "--run-dir",
+                            str(tmp_path / "r"))
+    assert_one_line_error(code, err, "export.name", "Received: '../x'")
+    assert not (tmp_path / "r").exists()
+
+
 def test_unknown_config_key_suggests(capsys):
     code, _, err = run_main(capsys, "--set", "train.epoch=3")
     assert_one_line_error(code, err, "train.epoch", "did you mean 'train.epochs'")

@@ -21,6 +21,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
+from fmkeras.config import EXPORT_NAME
 from fmkeras.errors import FmkerasError
 
 
@@ -61,9 +62,9 @@ def write_versioned(export_root, name, write_fn, version=None):
     >>> os.path.basename(path)
     '1'
     """
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name or ""):
-        raise ExportError(
-            f"Expected an export name of letters, digits, '_', '-' or '.'. Received: {name!r}")
+    if not isinstance(name, str) or not re.fullmatch(EXPORT_NAME, name):
+        raise ExportError(f"Expected an export name of letters, digits, '_', '-' or '.' "
+                          f"(not first). Received: {name!r}")
     model_dir = os.path.join(export_root, name)
     os.makedirs(model_dir, exist_ok=True)
     version = next_version(model_dir) if version is None else int(version)

@@ -147,12 +147,10 @@ class TrainConfig:
 
 
 @dataclasses.dataclass
-class ExportConfig:
+class ExportConfig(config_lib.ExportSettings):
     """SavedModel export settings (``<run_dir>/export/<name>/<version>``)."""
 
-    enabled: bool = True
     name: str = "image_classifier"
-    check: bool = True
 
 
 @dataclasses.dataclass

@@ -90,12 +90,10 @@ class GenerationEvalConfig:
 
 
 @dataclasses.dataclass
-class GenerationExportConfig:
+class GenerationExportConfig(config_lib.ExportSettings):
     """SavedModel export settings (``<run_dir>/export/<name>/<version>``)."""
 
-    enabled: bool = True
     name: str = "image_generator"
-    check: bool = True
 
 
 @dataclasses.dataclass

@@ -99,12 +99,10 @@ class DecodeConfig:
 
 
 @dataclasses.dataclass
-class TextExportConfig:
+class TextExportConfig(config_lib.ExportSettings):
     """SavedModel export settings (``<run_dir>/export/<name>/<version>``)."""
 
-    enabled: bool = True
     name: str = "translator"
-    check: bool = True
 
 
 @dataclasses.dataclass
