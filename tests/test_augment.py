@@ -187,6 +187,12 @@ def test_identity_augmentation_returns_the_input():
     (dict(width_shift_range=-0.1), "width_shift_range"),
     (dict(interpolation="bicubic"), "interpolation"),
     (dict(rotation_range="10"), "rotation_range"),
+    (dict(rotation_range=-10), "rotation_range=-10"),
+    (dict(shear_range=-5.0), "shear_range"),
+    (dict(channel_shift_range=-1), "channel_shift_range"),
+    (dict(zoom_range=-1.0), "zoom_range=-1.0"),
+    (dict(zoom_range=1.0), "zoom_range=1.0"),
+    (dict(zoom_range=(1.2, 0.8)), "zoom_range"),
 ])
 def test_bad_arguments_raise_clear_errors(kwargs, match):
     with pytest.raises(FmkerasError, match=f"Received: {match}"):

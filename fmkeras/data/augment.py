@@ -108,6 +108,8 @@ class Augmentation:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise FmkerasError(f"Expected a number. Received: {name}={value!r}")
+            if name != "cval" and value < 0:  # a range: values are drawn from [-r, r]
+                raise FmkerasError(f"Expected {name} >= 0. Received: {name}={value!r}")
         zoom = self.zoom_range
         if isinstance(zoom, numbers.Real) and not isinstance(zoom, bool):
             zoom = (1.0 - zoom, 1.0 + zoom)
@@ -118,6 +120,10 @@ class Augmentation:
             raise FmkerasError(
                 "Expected zoom_range to be a float or a pair of floats. "
                 f"Received: zoom_range={self.zoom_range!r}")
+        if not 0 < zoom[0] <= zoom[1]:
+            raise FmkerasError(
+                "Expected zoom_range z in [0, 1) (zooms in [1 - z, 1 + z]) or a pair "
+                f"0 < low <= high. Received: zoom_range={self.zoom_range!r}")
         object.__setattr__(self, "zoom_range", zoom)
         brightness = self.brightness_range
         if brightness is not None:
