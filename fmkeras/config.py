@@ -256,6 +256,78 @@ class ExportSettings:
                              f"(not first). Received: {self.name!r}")
 
 
+def _number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _count(low):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+_FRACTION = (lambda v: _number(v) and 0 <= v < 1, "in [0, 1)")
+_POSITIVE = (lambda v: _number(v) and v > 0, "> 0")
+# Keys that mean the same in every task's config, with the values that can work.
+# Checked by name wherever they appear, before any data is read.
+COMMON_KEY_RULES = {
+    "batch_size": (_count(1), "an integer >= 1"),
+    "image_size": (_count(1), "an integer >= 1"),
+    "steps_per_execution": (_count(1), "an integer >= 1"),
+    "sequence_length": (_count(1), "an integer >= 1"),
+    "max_tokens": (_count(1), "an integer >= 1"),
+    "d_model": (_count(1), "an integer >= 1"),
+    "num_heads": (_count(1), "an integer >= 1"),
+    "ff_dim": (_count(1), "an integer >= 1"),
+    "num_layers": (_count(1), "an integer >= 1"),
+    "num_encoder_layers": (_count(1), "an integer >= 1"),
+    "num_decoder_layers": (_count(1), "an integer >= 1"),
+    "jit_compile": (lambda v: v in (True, False, "auto"), "true, false or 'auto'"),
+    "early_stopping_patience": (lambda v: v is None or _count(0)(v),
+                                "an integer >= 0, or null for none"),
+    "max_chars": (lambda v: v is None or _count(1)(v), "an integer >= 1, or null"),
+    "verbose": (lambda v: v in ("auto", 0, 1, 2) and not isinstance(v, bool),
+                "'auto', 0, 1 or 2 (as in model.fit)"),
+    "learning_rate": _POSITIVE,
+    "head_learning_rate": _POSITIVE,
+    "d_learning_rate": _POSITIVE,
+    "g_learning_rate": _POSITIVE,
+    "weight_decay": (lambda v: v is None or (_number(v) and v >= 0), ">= 0, or null"),
+    "label_smoothing": _FRACTION,
+    "momentum": _FRACTION,
+    "beta_1": _FRACTION,
+    "dropout": _FRACTION,
+    "validation_split": _FRACTION,
+    "test_split": _FRACTION,
+    "max_bad_fraction": (lambda v: _number(v) and 0 <= v <= 1, "in [0, 1]"),
+}
+
+
+def check_common_keys(config, prefix=""):
+    """Raise :class:`ConfigError` for a shared key (``COMMON_KEY_RULES``) out of range.
+
+    Tasks call it first thing in ``run``, so ``train.weight_decay=-1`` or
+    ``data.batch_size=0`` stops before any data is read or model trained.
+
+    Example:
+
+    >>> @dataclasses.dataclass
+    ... class Train:
+    ...     verbose: str = "auto"
+    ...     label_smoothing: float = 1.5
+    >>> check_common_keys(Train(), "train.")
+    Traceback (most recent call last):
+    ...
+    fmkeras.errors.ConfigError: Expected train.label_smoothing in [0, 1). Received: 1.5
+    """
+    for field in dataclasses.fields(config):
+        value, key = getattr(config, field.name), f"{prefix}{field.name}"
+        if dataclasses.is_dataclass(value):
+            check_common_keys(value, f"{key}.")
+        elif field.name in COMMON_KEY_RULES:
+            valid, expected = COMMON_KEY_RULES[field.name]
+            if not valid(value):
+                raise ConfigError(f"Expected {key} {expected}. Received: {value!r}")
+
+
 def check_checkpoint_interval(seconds):
     """Raise ``ValueError`` unless ``seconds`` is a number >= 0.
 

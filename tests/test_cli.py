@@ -93,6 +93,39 @@ def test_bad_export_name_fails_before_training(capsys, tmp_path, task):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("task, setting, fragment", [
+    ("image-classification", "train.weight_decay=-1", "train.weight_decay >= 0, or null"),
+    ("image-classification", "data.max_bad_fraction=2", "data.max_bad_fraction in [0, 1]"),
+    ("image-classification", "train.steps_per_execution=0", "train.steps_per_execution"),
+    ("image-classification", "train.label_smoothing=1", "train.label_smoothing in [0, 1)"),
+    ("image-classification", "model.dense_units=-1", "Invalid model or training settings"),
+    ("translation", "data.max_chars=0", "data.max_chars an integer >= 1, or null"),
+    ("translation", "model.num_heads=0", "num_heads"),
+    ("text-classification", "train.verbose=loud", "train.verbose 'auto', 0, 1 or 2"),
+    ("text-classification", "train.early_stopping_patience=-1", "early_stopping_patience"),
+    ("image-generation", "train.beta_1=1", "train.beta_1 in [0, 1)"),
+    ("image-generation", "train.g_learning_rate=0", "train.g_learning_rate > 0"),
+    ("fine-tune", "data.image_size=-1", "data.image_size an integer >= 1"),
+    ("fine-tune", "train.head_learning_rate=-1", "train.head_learning_rate > 0"),
+    ("fine-tune", "train.unfreeze_layers=-1", "train.unfreeze_layers >= 0"),
+    ("pretrain-simclr", "data.batch_size=0", "data.batch_size an integer >= 1"),
+    ("pretrain-simclr", "data.pipeline=image_data_generator", "data.pipeline='tfdata'"),
+    ("pretrain-mlm", "model.dropout=1.5", "model.dropout in [0, 1)"),
+    ("pretrain-mlm", "model.num_layers=-1", "model.num_layers an integer >= 1"),
+    ("pretrain-mlm", "jit_compile=fast", "jit_compile true, false or 'auto'"),
+])
+def test_out_of_range_settings_fail_before_training(capsys, tmp_path, monkeypatch, task,
+                                                    setting, fragment):
+    import keras
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("reached model.fit")
+
+    monkeypatch.setattr(keras.Model, "fit", no_fit)
+    code, _, err = run_main(capsys, task, "--set", setting, "--run-dir", str(tmp_path / "r"))
+    assert_one_line_error(code, err, fragment)
+
+
 def test_unknown_config_key_suggests(capsys):
     code, _, err = run_main(capsys, "--set", "train.epoch=3")
     assert_one_line_error(code, err, "train.epoch", "did you mean 'train.epochs'")

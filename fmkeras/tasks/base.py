@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -12,7 +13,7 @@ import subprocess
 import sys
 
 from fmkeras import config as config_lib
-from fmkeras.errors import ConfigError
+from fmkeras.errors import ConfigError, FmkerasError
 
 
 @dataclasses.dataclass
@@ -82,6 +83,33 @@ def default_run_dir(task):
     """
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
     return os.path.join("runs", f"{task}-{stamp}")
+
+
+@contextlib.contextmanager
+def model_scope(dist):
+    """``dist.scope()`` in which a builder's ``ValueError`` becomes a :class:`ConfigError`.
+
+    Models, optimizers and metrics are built from the config here, so a
+    value a builder refuses (``model.dense_units=-1``, ``model.num_heads=0``)
+    is a mistake in the config: one line and exit code 2 from the CLI.
+
+    Example:
+
+    >>> import keras
+    >>> from fmkeras.training.distribute import Distribution
+    >>> with model_scope(Distribution("none")):  # doctest: +ELLIPSIS
+    ...     keras.layers.Dense(-1)
+    Traceback (most recent call last):
+    ...
+    fmkeras.errors.ConfigError: Invalid model or training settings: ... units=-1
+    """
+    with dist.scope():
+        try:
+            yield
+        except FmkerasError:
+            raise
+        except ValueError as err:
+            raise ConfigError(f"Invalid model or training settings: {err}") from err
 
 
 def prepare_run_dir(run_dir, config, task):

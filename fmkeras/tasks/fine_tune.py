@@ -243,6 +243,7 @@ def trainable_count(model):
 
 
 def _check_config(config):
+    config_lib.check_common_keys(config)
     if config.model.recalibrate_batchnorm not in (True, False, "auto"):
         raise ConfigError("Expected model.recalibrate_batchnorm true, false or 'auto'. "
                           f"Received: {config.model.recalibrate_batchnorm!r}")
@@ -251,6 +252,9 @@ def _check_config(config):
         raise ConfigError(f"Expected train.head_epochs >= 1. Received: {train.head_epochs}")
     if train.epochs < 0:
         raise ConfigError(f"Expected train.epochs >= 0. Received: {train.epochs}")
+    if train.unfreeze_layers < 0:
+        raise ConfigError(f"Expected train.unfreeze_layers >= 0 (0: the whole backbone). "
+                          f"Received: {train.unfreeze_layers}")
     if data.rescale != 1.0:
         raise ConfigError("Expected data.rescale=1.0: backbones take [0, 255] pixels and "
                           f"preprocess them themselves. Received: {data.rescale}")
@@ -313,7 +317,7 @@ def _fit_phase(model, config, splits, run_dir, phase, learning_rate, epochs, ini
     train = config.train
     identity = {**(identity or {}), "phase": phase}
     history_path = os.path.join(run_dir, f"history_phase{phase}.csv")
-    with dist.scope():
+    with base.model_scope(dist):
         model.compile(
             optimizer=optimizers.build_optimizer(train.optimizer, learning_rate,
                                                  train.weight_decay),
@@ -376,7 +380,7 @@ def run(config, callbacks=()):
     size = (data.image_size, data.image_size)
     channels = image_data.check_color_mode(data.color_mode)
     class_names = splits.class_names
-    with dist.scope():
+    with base.model_scope(dist):
         features = build_backbone(config.model, (*size, channels))
         model = backbones.image_classifier(features, len(class_names), config.model.dropout,
                                            config.model.pooling)

@@ -422,6 +422,7 @@ def validate_data(config):
 
 
 def _check_config(config):
+    config_lib.check_common_keys(config)
     if config.train.epochs < 1:
         raise ConfigError(f"Expected train.epochs >= 1. Received: {config.train.epochs}")
     if config.train.optimizer == "muon":  # before any data is read (no TensorFlow yet)
@@ -491,7 +492,7 @@ def run(config, callbacks=()):
     channels = image_data.check_color_mode(data.color_mode)
     class_names = splits.class_names
     rescale = data.rescale
-    with dist.scope():
+    with base.model_scope(dist):
         model = build_model(config.model, (*size, channels), len(class_names))
         adapt_first_layer(model, splits.train, data.rescale if data.augment.in_model else 1.0)
         if data.augment.in_model:

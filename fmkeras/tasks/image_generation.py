@@ -124,6 +124,7 @@ class ImageGenerationConfig:
 
 
 def _check_config(config):
+    config_lib.check_common_keys(config)
     data, train, evaluation = config.data, config.train, config.evaluation
     if data.image_size not in SUPPORTED_SIZES:
         raise ConfigError(f"Unsupported data.image_size. Expected one of {sorted(SUPPORTED_SIZES)}."
@@ -391,7 +392,7 @@ def run(config, callbacks=()):
     train_ds = scaled_dataset(train_index, global_data, shuffle=True, seed=config.seed)
     gan_ds = train_ds if data.conditional else train_ds.map(lambda x, y: x)
     t = config.train
-    with dist.scope():
+    with base.model_scope(dist):
         gan = build_gan(config, image_shape, num_classes if data.conditional else None)
         gan.compile(d_optimizer=keras.optimizers.Adam(t.d_learning_rate, beta_1=t.beta_1),
                     g_optimizer=keras.optimizers.Adam(t.g_learning_rate, beta_1=t.beta_1),

@@ -181,6 +181,7 @@ def run(config, callbacks=()):
         raise ConfigError(f"Expected train.epochs >= 1. Received: {train.epochs}")
     if not 0.0 < data.mask_rate <= 1.0:
         raise ConfigError(f"Expected 0 < data.mask_rate <= 1. Received: {data.mask_rate}")
+    config_lib.check_common_keys(config)
     dist = distribute.Distribution(config.strategy)  # first: before TensorFlow starts
     run_dir = dist.write_dir(config.run_dir or base.default_run_dir(TASK))
     precision_lib.set_seed(config.seed, config.deterministic)
@@ -202,7 +203,7 @@ def run(config, callbacks=()):
     val_ds = _dataset(to_ids(val_texts), config, mask_id, vocab_size, False, 1, batch)
 
     m = config.model
-    with dist.scope():
+    with base.model_scope(dist):
         model = mlm_model(vocab_size, data.sequence_length, m.d_model, m.num_heads, m.ff_dim,
                           m.num_layers, m.dropout)
         model.compile(optimizer=optimizers.build_optimizer(train.optimizer, train.learning_rate,

@@ -100,6 +100,9 @@ class PretrainSimCLRConfig(config_lib.RunSettings):
 
 
 def _check_config(config):
+    config_lib.check_common_keys(config)
+    if config.data.pipeline != "tfdata":
+        raise ConfigError(f"Expected data.pipeline='tfdata'. Received: {config.data.pipeline!r}")
     if config.train.epochs < 1:
         raise ConfigError(f"Expected train.epochs >= 1. Received: {config.train.epochs}")
     if config.data.rescale != 1.0:
@@ -140,7 +143,7 @@ def run(config, callbacks=()):
 
     data, train, model_config = config.data, config.train, config.model
     channels = image_data.check_color_mode(data.color_mode)
-    with dist.scope():
+    with base.model_scope(dist):
         encoder = build_backbone(model_config, (data.image_size, data.image_size, channels))
         model = SimCLR(encoder, model_config.projection_dim, model_config.hidden_dim,
                        model_config.temperature, model_config.views.augmentation(),

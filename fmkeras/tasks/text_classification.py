@@ -175,6 +175,7 @@ def validate_data(config):
 
 
 def _check_config(config):
+    config_lib.check_common_keys(config)
     check_train_config(config.train)
     if config.model.name not in MODEL_NAMES:
         raise ConfigError(f"Unknown model.name. Expected one of {list(MODEL_NAMES)}. "
@@ -234,7 +235,7 @@ def run(config, callbacks=()):
                                                 dist.global_batch(data.batch_size),
                                                 shuffle=shuffle, seed=config.seed)
 
-    with dist.scope():
+    with base.model_scope(dist):
         model = build_model(config.model, vectorizer.vocabulary_size(), data.sequence_length,
                             len(class_names))
         if mlm is not None:

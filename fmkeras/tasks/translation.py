@@ -251,6 +251,7 @@ def validate_data(config):
 
 
 def _check_config(config):
+    config_lib.check_common_keys(config)
     check_train_config(config.train)
     data, decode = config.data, config.decode
     for key in ("sequence_length", "batch_size", "source_vocab_size", "target_vocab_size"):
@@ -372,7 +373,7 @@ def run(config, callbacks=()):
                                              dist.global_batch(data.batch_size),
                                              shuffle=shuffle, seed=config.seed)
 
-    with dist.scope():
+    with base.model_scope(dist):
         model = transformer_seq2seq(
             source_vec.vocabulary_size(), target_vec.vocabulary_size(), data.sequence_length,
             d_model=model_config.d_model, num_heads=model_config.num_heads,
