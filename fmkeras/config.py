@@ -290,6 +290,7 @@ COMMON_KEY_RULES = {
     "head_learning_rate": _POSITIVE,
     "d_learning_rate": _POSITIVE,
     "g_learning_rate": _POSITIVE,
+    "rescale": (lambda v: _number(v) and v > 0, "> 0 (1.0 keeps [0, 255] pixels)"),
     "weight_decay": (lambda v: v is None or (_number(v) and v >= 0), ">= 0, or null"),
     "label_smoothing": _FRACTION,
     "momentum": _FRACTION,

@@ -98,6 +98,7 @@ def test_bad_export_name_fails_before_training(capsys, tmp_path, task):
     ("image-classification", "data.max_bad_fraction=2", "data.max_bad_fraction in [0, 1]"),
     ("image-classification", "train.steps_per_execution=0", "train.steps_per_execution"),
     ("image-classification", "train.label_smoothing=1", "train.label_smoothing in [0, 1)"),
+    ("image-classification", "data.rescale=0", "data.rescale > 0 (1.0 keeps [0, 255] pixels)"),
     ("image-classification", "model.dense_units=-1", "Invalid model or training settings"),
     ("translation", "data.max_chars=0", "data.max_chars an integer >= 1, or null"),
     ("translation", "model.num_heads=0", "num_heads"),
