@@ -96,5 +96,14 @@ def test_errors_and_cli_entry(tmp_path):
                                      [f"data.path={tmp_path / 'none.txt'}"])
     with pytest.raises(DataError, match="Text file not found"):
         task.run(config)
+    texts = tmp_path / "texts.txt"
+    texts.write_text("".join(f"text number {i}\n" for i in range(8)), encoding="utf-8")
+    for split in ("0", "0.01"):  # no held-out text: nothing to score masked accuracy on
+        config = config_lib.load_config(task.PretrainMLMConfig, None, [
+            f"data.path={texts}", f"data.validation_split={split}",
+            f"run_dir={tmp_path / 'r'}"])
+        with pytest.raises(DataError, match=f"none of 8 with data.validation_split={split}"):
+            task.run(config)
+    assert not (tmp_path / "r").exists()
     module, config = cli.load_task_config("pretrain-mlm")
     assert module is task and config.data.mask_rate == 0.15

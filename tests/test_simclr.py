@@ -73,7 +73,7 @@ def test_pretrain_then_fine_tune_from_the_encoder(tmp_path):
         "model.projection_dim=8", "model.hidden_dim=16", "train.verbose=0", *small])
     result = task.run(config)
     metrics = json.loads(pathlib.Path(run_dir, "metrics.json").read_text())
-    assert np.isfinite(metrics["final_loss"])
+    assert np.isfinite(metrics["final_loss"]) and np.isfinite(metrics["final_val_loss"])
     encoder_path = os.path.join(run_dir, "encoder.keras")
     assert metrics["encoder_path"] == encoder_path and os.path.exists(encoder_path)
     assert os.path.exists(os.path.join(run_dir, "history.csv"))
@@ -85,6 +85,18 @@ def test_pretrain_then_fine_tune_from_the_encoder(tmp_path):
     trained = result.model.encoder.get_layer("stem_conv").get_weights()[0]
     loaded = tuned.model.get_layer("cifar_resnet8").get_layer("stem_conv").get_weights()[0]
     np.testing.assert_array_equal(loaded, trained)
+
+
+def test_without_validation_there_is_no_validation_loss(tmp_path):
+    data = write_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=4, size=(16, 16))
+    run_dir = tmp_path / "simclr"
+    config = config_lib.load_config(task.PretrainSimCLRConfig, "digits_simclr", [
+        f"data.path={data}", f"run_dir={run_dir}", "data.batch_size=4", "train.epochs=1",
+        "data.validation_split=0", "model.projection_dim=8", "model.hidden_dim=16",
+        "train.verbose=0"])
+    task.run(config)
+    text = (run_dir / "metrics.json").read_text()
+    assert "NaN" not in text and "final_val_loss" not in json.loads(text)
 
 
 def test_config_errors_and_cli_entry(tmp_path):

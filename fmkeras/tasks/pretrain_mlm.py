@@ -188,7 +188,11 @@ def run(config, callbacks=()):
     texts = read_texts(data)
     split = text_data.split_indices(len(texts), data.validation_split, 0.0, config.seed)
     train_texts = [texts[i] for i in split["train"]]
-    val_texts = [texts[i] for i in split["validation"]] or train_texts[:data.batch_size]
+    val_texts = [texts[i] for i in split["validation"]]
+    if not val_texts:  # masked accuracy and the best checkpoint are measured on them
+        raise DataError(f"Expected held-out texts to score the masked-language model. "
+                        f"Received: none of {len(texts)} with data.validation_split="
+                        f"{data.validation_split}; raise it (e.g. 0.1) or add texts")
     base.prepare_run_dir(run_dir, config, TASK)
     policy = precision_lib.set_precision(config.precision)
 

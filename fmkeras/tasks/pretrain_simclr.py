@@ -12,6 +12,7 @@ or train it with a head as ``image-classification`` does (same
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 
 from fmkeras import config as config_lib
@@ -180,7 +181,7 @@ def run(config, callbacks=()):
                "num_parameters": int(encoder.count_params()),
                "train_samples": splits.train_samples, "encoder_path": encoder_path,
                **dist.describe()}
-    if "val_loss" in history:
+    if "val_loss" in history and not math.isnan(history["val_loss"][-1]):  # nan: no validation
         metrics["final_val_loss"] = history["val_loss"][-1]
     base.write_json(os.path.join(run_dir, "metrics.json"), metrics)
     base.write_report(run_dir, "SimCLR pretraining", metrics, None, ["plots/training_curves.png"])
