@@ -262,9 +262,6 @@ def _check_config(config):
         raise ConfigError("Expected data.augment.in_model=false for fine-tune. Received: true")
     if data.pipeline != "tfdata":
         raise ConfigError(f"Expected data.pipeline='tfdata'. Received: {data.pipeline!r}")
-    if config.jit_compile not in (True, False, "auto"):
-        raise ConfigError(
-            f"Expected jit_compile true, false or 'auto'. Received: {config.jit_compile!r}")
     transfer.check_compression_config(config.compression)
 
 

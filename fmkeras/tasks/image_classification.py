@@ -431,13 +431,6 @@ def _check_config(config):
                                            prefix="train.")
         except ValueError as error:
             raise ConfigError(str(error)) from None
-    if config.data.batch_size < 1:
-        raise ConfigError(f"Expected data.batch_size >= 1. Received: {config.data.batch_size}")
-    if config.data.image_size < 1:
-        raise ConfigError(f"Expected data.image_size >= 1. Received: {config.data.image_size}")
-    if config.jit_compile not in (True, False, "auto"):
-        raise ConfigError(
-            f"Expected jit_compile true, false or 'auto'. Received: {config.jit_compile!r}")
     image_data.check_color_mode(config.data.color_mode)
     if config.model.encoder_path and config.data.rescale != 1.0:
         raise ConfigError("model.encoder_path needs data.rescale=1.0: saved encoders take "

@@ -183,9 +183,6 @@ def _check_config(config):
     for key in ("sequence_length", "batch_size", "max_tokens"):
         if getattr(config.data, key) < 1:
             raise ConfigError(f"Expected data.{key} >= 1. Received: {getattr(config.data, key)}")
-    if config.jit_compile not in (True, False, "auto"):
-        raise ConfigError(
-            f"Expected jit_compile true, false or 'auto'. Received: {config.jit_compile!r}")
     transfer.check_lora_config(config.lora)
 
 

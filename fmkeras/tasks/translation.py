@@ -168,9 +168,7 @@ def check_train_config(train):
     """Raise :class:`ConfigError` for training settings that cannot work."""
     if train.epochs < 1:
         raise ConfigError(f"Expected train.epochs >= 1. Received: {train.epochs}")
-    if not 0 <= train.label_smoothing < 1:
-        raise ConfigError(
-            f"Expected train.label_smoothing in [0, 1). Received: {train.label_smoothing}")
+    config_lib.check_common_keys(train, "train.")  # label_smoothing, weight_decay, ...
 
 
 def compile_text_model(model, config, train_samples, metrics=("accuracy",), dist=None):
@@ -254,16 +252,13 @@ def _check_config(config):
     config_lib.check_common_keys(config)
     check_train_config(config.train)
     data, decode = config.data, config.decode
-    for key in ("sequence_length", "batch_size", "source_vocab_size", "target_vocab_size"):
+    for key in ("source_vocab_size", "target_vocab_size"):  # the rest: check_common_keys
         if getattr(data, key) < 1:
             raise ConfigError(f"Expected data.{key} >= 1. Received: {getattr(data, key)}")
     if decode.method not in text_export.DECODE_METHODS:
         raise ConfigError(f"Unknown decode.method. Expected one of "
                           f"{list(text_export.DECODE_METHODS)}. Received: {decode.method!r}")
     _check_decode_config(decode, data.sequence_length)
-    if config.jit_compile not in (True, False, "auto"):
-        raise ConfigError(
-            f"Expected jit_compile true, false or 'auto'. Received: {config.jit_compile!r}")
 
 
 def _check_decode_config(decode, sequence_length):
