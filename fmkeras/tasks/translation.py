@@ -165,10 +165,10 @@ def text_loss(label_smoothing):
 
 
 def check_train_config(train):
-    """Raise :class:`ConfigError` for training settings that cannot work."""
+    """Raise :class:`ConfigError` for ``train.epochs`` < 1 (ranges of shared keys:
+    :func:`fmkeras.config.check_common_keys`)."""
     if train.epochs < 1:
         raise ConfigError(f"Expected train.epochs >= 1. Received: {train.epochs}")
-    config_lib.check_common_keys(train, "train.")  # label_smoothing, weight_decay, ...
 
 
 def compile_text_model(model, config, train_samples, metrics=("accuracy",), dist=None):
@@ -266,10 +266,9 @@ def _check_decode_config(decode, sequence_length):
     def whole(value, low):
         return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
-    for key in ("beam_width", "batch_size"):
-        if not whole(getattr(decode, key), 1):
-            raise ConfigError(f"Expected decode.{key} to be an integer >= 1. "
-                              f"Received: {getattr(decode, key)!r}")
+    if not whole(decode.beam_width, 1):  # decode.batch_size: check_common_keys
+        raise ConfigError(f"Expected decode.beam_width to be an integer >= 1. "
+                          f"Received: {decode.beam_width!r}")
     if not decode.length_penalty >= 0:
         raise ConfigError(f"Expected decode.length_penalty >= 0. "
                           f"Received: {decode.length_penalty!r}")
