@@ -72,6 +72,9 @@ def test_one_class_folder_is_not_a_classification_dataset(capsys, tmp_path, pipe
                             f"data.pipeline={pipeline}", "--run-dir", str(tmp_path / "r"))
     assert_one_line_error(code, err, "at least 2 class folders", "['cat']")
     assert root and not (tmp_path / "r").exists()
+    code, _, err = run_main(capsys, "--set", f"data.path={tmp_path / 'data'}",
+                            "--validate-data")  # the dry run says what the run would
+    assert_one_line_error(code, err, "at least 2 class folders", "['cat']")
 
 
 def test_run_dir_that_is_a_file_or_lies_under_one(capsys, tmp_path):

@@ -417,6 +417,8 @@ def validate_data(config):
     problems = []
     for folder in folders:
         index = image_data.index_directory(folder)
+        if folder == folders[0]:  # the training classes, as the run checks them
+            _check_class_count(index.class_names, folder)
         problems.extend(scan_images(index.paths, load)[2])
     return problems
 
