@@ -260,8 +260,19 @@ def _number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def is_count(value, low=0):
+    """Whether ``value`` is an int (not a bool) >= ``low``.
+
+    Example:
+
+    >>> is_count(3, 1), is_count(0, 1), is_count(True), is_count(2.0)
+    (True, False, False, False)
+    """
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
 def _count(low):
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+    return lambda v: is_count(v, low)
 
 
 _FRACTION = (lambda v: _number(v) and 0 <= v < 1, "in [0, 1)")

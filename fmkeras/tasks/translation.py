@@ -263,20 +263,18 @@ def _check_config(config):
 
 def _check_decode_config(decode, sequence_length):
     """The decoding settings, checked before training rather than after it."""
-    def whole(value, low):
-        return isinstance(value, int) and not isinstance(value, bool) and value >= low
-
-    if not whole(decode.beam_width, 1):  # decode.batch_size: check_common_keys
+    if not config_lib.is_count(decode.beam_width, 1):  # decode.batch_size: check_common_keys
         raise ConfigError(f"Expected decode.beam_width to be an integer >= 1. "
                           f"Received: {decode.beam_width!r}")
     if not decode.length_penalty >= 0:
         raise ConfigError(f"Expected decode.length_penalty >= 0. "
                           f"Received: {decode.length_penalty!r}")
     if decode.max_length is not None and not (
-            whole(decode.max_length, 1) and decode.max_length <= sequence_length):
+            config_lib.is_count(decode.max_length, 1) and decode.max_length <= sequence_length):
         raise ConfigError(f"Expected decode.max_length between 1 and data.sequence_length "
                           f"({sequence_length}), or null. Received: {decode.max_length!r}")
-    if decode.max_test_sentences is not None and not whole(decode.max_test_sentences, 1):
+    if decode.max_test_sentences is not None and not config_lib.is_count(
+            decode.max_test_sentences, 1):
         raise ConfigError(f"Expected decode.max_test_sentences >= 1, or null for all. "
                           f"Received: {decode.max_test_sentences!r}")
 

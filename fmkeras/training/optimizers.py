@@ -6,6 +6,7 @@ import warnings
 
 import keras
 
+from fmkeras.config import is_count
 from fmkeras.errors import ConfigError
 
 SCHEDULES = ("constant", "cosine", "onecycle", "plateau")
@@ -278,8 +279,7 @@ def warmup_steps_for(steps_per_epoch, warmup_epochs, epochs, schedule="cosine"):
     ...     warmup_steps_for(10, 1, epochs=1), len(caught)
     (0, 1)
     """
-    if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) \
-            or warmup_epochs < 0:
+    if not is_count(warmup_epochs, 0):
         raise ConfigError(f"Expected train.warmup_epochs to be an integer >= 0. "
                           f"Received: {warmup_epochs!r}")
     if warmup_epochs >= epochs and schedule in ("cosine", "onecycle"):
