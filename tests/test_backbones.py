@@ -100,6 +100,9 @@ def test_classifier_rejects_bad_arguments():
         backbones.image_classifier(features, 0)
     with pytest.raises(ValueError, match="Received: pooling='sum'"):
         backbones.image_classifier(features, 2, pooling="sum")
+    with pytest.raises(ValueError, match="Expected `backbone_model` to be a keras.Model. "
+                                         "Received: backbone_model of type str"):
+        backbones.image_classifier("mobilenet_v2", 2)
 
 
 def test_cifar_resnet_backbone_is_the_resnet_trunk_and_loads_local_weights(tmp_path):

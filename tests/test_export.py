@@ -98,3 +98,24 @@ def test_check_detects_a_mismatch(exported):
 def test_bad_export_name(tmp_path):
     with pytest.raises(export.ExportError, match="Received: 'a/b'"):
         export.write_versioned(str(tmp_path), "a/b", lambda p: None)
+
+
+@pytest.mark.parametrize("args, match", [
+    ((["a", "b"], (8, 8), 1), r"one class name per model output \(3\). Received: 2 class_names"),
+    ((["a", "b", "c"], (16, 16), 1), r"model's input \(8, 8, 1\). Received: image_size=\(16, 16\)"),
+    ((["a", "b", "c"], (8, 8), 3), "channels=3"),
+])
+def test_image_export_refuses_settings_that_do_not_fit_the_model(tmp_path, args, match):
+    model = simple_cnn((8, 8, 1), 3, filters=(4,), dense_units=0)
+    with pytest.raises(export.ExportError, match=match):
+        export.export_image_classifier(model, str(tmp_path), "m", *args, check=False)
+    assert not os.path.exists(tmp_path / "m")
+
+
+def test_text_export_refuses_a_class_name_count_other_than_the_outputs():
+    from fmkeras.data.text import text_vectorizer
+    from fmkeras.models import lstm_classifier
+
+    vectorizer = text_vectorizer(8, texts=["hola", "hello"])
+    with pytest.raises(export.ExportError, match=r"per model output \(2\). Received: 3"):
+        export.text_classifier_archive(lstm_classifier(10, 2), vectorizer, ["en", "es", "fr"])

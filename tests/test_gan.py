@@ -125,6 +125,14 @@ def test_mismatched_networks_are_rejected():
         GAN(dcgan_generator(LATENT, SHAPE, 8, num_classes=3), dcgan_discriminator(SHAPE, 8))
 
 
+def test_generator_and_discriminator_of_other_shapes_are_rejected():
+    with pytest.raises(FmkerasError, match=r"generator output \(16, 16, 1\), "
+                                           r"discriminator input \(32, 32, 3\)"):
+        GAN(dcgan_generator(LATENT, (16, 16, 1), 8), dcgan_discriminator((32, 32, 3), 8))
+    with pytest.raises(ValueError, match="Expected `discriminator` to be a keras.Model"):
+        GAN(dcgan_generator(LATENT, SHAPE, 8), "discriminator")
+
+
 def test_mixed_precision_wraps_both_optimizers_and_skips_overflow_steps(mixed_precision):
     gan = make_gan()
     assert isinstance(gan.d_optimizer, keras.optimizers.LossScaleOptimizer)

@@ -26,3 +26,12 @@ def test_target_layer_choice_and_errors():
     with pytest.raises(ValueError, match="No layer 'nope'"):
         grad_cam(model, np.zeros((1, 16, 16, 1)), layer_name="nope")
     assert overlay(np.zeros((16, 16, 1)), np.ones((4, 4))).shape == (16, 16, 3)
+
+
+def test_class_index_outside_the_outputs_is_refused():
+    model = simple_cnn((16, 16, 1), 3, filters=(4,), dense_units=0)
+    with pytest.raises(ValueError, match=r"Expected class_index in \[0, 3\). "
+                                         r"Received: class_index=7"):
+        grad_cam(model, np.zeros((1, 16, 16, 1)), class_index=7)
+    with pytest.raises(ValueError, match="Received: class_index=-1"):
+        grad_cam(model, np.zeros((1, 16, 16, 1)), class_index=-1)

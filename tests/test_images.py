@@ -127,6 +127,18 @@ def test_bad_color_mode_and_split():
         images.split_index(index, 1.5, seed=0)
 
 
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(image_size=-1), "Received: image_size=-1"),
+    (dict(image_size=(16,)), r"Received: image_size=\(16,\)"),
+    (dict(image_size="16"), "Received: image_size='16'"),
+    (dict(image_size=16, batch_size=0), "Received: batch_size=0"),
+    (dict(image_size=16, batch_size=0, shuffle=True), "Received: batch_size=0"),
+])
+def test_bad_sizes_are_refused_before_reading(kwargs, match):
+    with pytest.raises(DataError, match=match):
+        images.image_dataset(os.path.join(DIGITS, "test"), color_mode="grayscale", **kwargs)
+
+
 def add_bad_files(folder):
     """A zero-byte file, text named .jpg, and a truncated JPEG; returns their names."""
     import io

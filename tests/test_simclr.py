@@ -61,6 +61,8 @@ def test_round_trips_through_a_keras_file(tmp_path):
 def test_rejects_bad_temperature():
     with pytest.raises(ValueError, match="Received: temperature=0"):
         SimCLR(tiny_encoder(), temperature=0)
+    with pytest.raises(ValueError, match="Received: encoder of type str"):
+        SimCLR("simple_cnn")
 
 
 def test_pretrain_then_fine_tune_from_the_encoder(tmp_path):

@@ -201,6 +201,22 @@ def check_color_mode(color_mode):
     return COLOR_MODES[color_mode]
 
 
+def check_image_size(image_size):
+    """``image_size`` (an int or ``(height, width)``) as a pair of positive ints, or a clear error.
+
+    Example:
+
+    >>> check_image_size(16)
+    (16, 16)
+    """
+    size = (image_size, image_size) if isinstance(image_size, int) else image_size
+    if (not isinstance(size, (tuple, list)) or len(size) != 2
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)):
+        raise DataError(f"Expected image_size to be a positive int or (height, width) of "
+                        f"positive ints. Received: image_size={image_size!r}")
+    return tuple(size)
+
+
 def load_image(path, channels=3):
     """Read and decode one image file (graph-compatible), values in ``[0, 255]``.
 
@@ -345,6 +361,9 @@ def image_dataset(source, image_size, batch_size=32, color_mode="rgb", shuffle=F
     >>> images.shape
     TensorShape([8, 16, 16, 1])
     """
+    image_size = check_image_size(image_size)
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise DataError(f"Expected a positive batch_size. Received: batch_size={batch_size!r}")
     settings = dict(image_size=image_size, batch_size=batch_size, color_mode=color_mode,
                     seed=seed, cache=cache, rescale=rescale, label_mode=label_mode)
     if validation_split:
@@ -378,9 +397,6 @@ def image_dataset(source, image_size, batch_size=32, color_mode="rgb", shuffle=F
                  if subset != "validation" else None)
         val = image_dataset(val_index, **common) if subset != "training" else None
         return {"training": train, "validation": val, "both": (train, val)}[subset]
-    if isinstance(image_size, int):
-        image_size = (image_size, image_size)
-    image_size = tuple(int(s) for s in image_size)
     channels = check_color_mode(color_mode)
     if label_mode not in ("int", "categorical"):
         raise DataError(f"Expected label_mode 'int' or 'categorical'. Received: {label_mode!r}")

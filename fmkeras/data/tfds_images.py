@@ -12,7 +12,13 @@ import os
 
 import tensorflow as tf
 
-from fmkeras.data.images import COLOR_MODES, _to_channels, batch_pipeline, check_color_mode
+from fmkeras.data.images import (
+    COLOR_MODES,
+    _to_channels,
+    batch_pipeline,
+    check_color_mode,
+    check_image_size,
+)
 from fmkeras.errors import DataError
 
 TFDS_PREFIX = "tfds:"
@@ -71,6 +77,7 @@ def tfds_image_dataset(name, image_size, split="train", batch_size=32, color_mod
 
     if name.startswith(TFDS_PREFIX):
         name = name[len(TFDS_PREFIX):]
+    image_size = check_image_size(image_size)
     if label_mode not in ("int", "categorical"):
         raise DataError(f"Expected label_mode 'int' or 'categorical'. Received: {label_mode!r}")
     try:
@@ -99,8 +106,6 @@ def tfds_image_dataset(name, image_size, split="train", batch_size=32, color_mod
                 else (image_shape[-1] if image_shape and image_shape[-1] in (1, 3, 4) else 3))
     if channels not in COLOR_MODES.values():
         raise DataError(f"Unsupported channel count {channels} in {name!r}.")
-    if isinstance(image_size, int):
-        image_size = (image_size, image_size)
 
     def prepare(image, label_id):
         image = _to_channels(tf.cast(image, tf.float32), channels)

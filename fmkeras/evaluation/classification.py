@@ -8,6 +8,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from sklearn import metrics as skm
 
+from fmkeras.errors import FmkerasError
+
 
 def classification_metrics(y_true, probabilities, class_names):
     """Accuracy, macro F1, per-class precision/recall/F1 and the confusion matrix.
@@ -29,8 +31,19 @@ def classification_metrics(y_true, probabilities, class_names):
     >>> m["accuracy"], m["macro_f1"]
     (1.0, 1.0)
     """
-    y_true = np.asarray(y_true).astype(int)
-    y_pred = np.asarray(probabilities).argmax(axis=-1)
+    y_true = np.asarray(y_true).astype(int).reshape(-1)
+    probabilities = np.asarray(probabilities)
+    if probabilities.ndim != 2 or probabilities.shape[1] != len(class_names):
+        raise FmkerasError(f"Expected probabilities of shape (n, {len(class_names)}), one column "
+                           f"per class name. Received: shape {probabilities.shape}")
+    if len(y_true) != len(probabilities):
+        raise FmkerasError(f"Expected one true label per row of probabilities "
+                           f"({len(probabilities)}). Received: {len(y_true)} labels")
+    outside = y_true[(y_true < 0) | (y_true >= len(class_names))]
+    if outside.size:
+        raise FmkerasError(f"Expected true labels in [0, {len(class_names)}). Received: "
+                           f"{sorted(set(outside.tolist()))[:10]}")
+    y_pred = probabilities.argmax(axis=-1)
     labels = np.arange(len(class_names))
     precision, recall, f1, support = skm.precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0)

@@ -55,6 +55,12 @@ def grad_cam(model, images, layer_name=None, class_index=None):
                          f"{[layer.name for layer in model.layers]}") from None
     probe = keras.Model(model.inputs, [target, model.output])
     images = tf.convert_to_tensor(np.asarray(images, np.float32))
+    classes = model.output_shape[-1]
+    if class_index is not None:
+        index = np.asarray(class_index)
+        if not np.issubdtype(index.dtype, np.integer) or ((index < 0) | (index >= classes)).any():
+            raise ValueError(f"Expected class_index in [0, {classes}). "
+                             f"Received: class_index={class_index!r}")
     with tf.GradientTape() as tape:
         features, predictions = probe(images, training=False)
         predictions = tf.cast(predictions, tf.float32)

@@ -29,6 +29,20 @@ class ExportError(FmkerasError):
     """An export could not be written or does not match the in-memory model."""
 
 
+def check_class_names(model, class_names):
+    """Raise :class:`ExportError` unless there is one class name per model output.
+
+    Example:
+
+    >>> from fmkeras.models import simple_cnn
+    >>> check_class_names(simple_cnn((8, 8, 1), 2), ["a", "b"])
+    """
+    classes = model.output_shape[-1]
+    if len(class_names) != classes:
+        raise ExportError(f"Expected one class name per model output ({classes}). "
+                          f"Received: {len(class_names)} class_names {list(class_names)!r}")
+
+
 def next_version(model_dir):
     """The next free integer version under ``model_dir`` (1 when there is none).
 

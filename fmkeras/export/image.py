@@ -9,7 +9,13 @@ import numpy as np
 import tensorflow as tf
 
 from fmkeras.data.images import decode_image
-from fmkeras.export.core import check_export, numpy_outputs, write_versioned
+from fmkeras.export.core import (
+    ExportError,
+    check_class_names,
+    check_export,
+    numpy_outputs,
+    write_versioned,
+)
 
 
 def image_classifier_archive(model, class_names, image_size, channels, rescale=1.0 / 255):
@@ -42,6 +48,13 @@ def image_classifier_archive(model, class_names, image_size, channels, rescale=1
     >>> archive, _, _ = image_classifier_archive(simple_cnn((8, 8, 1), 2), ["a", "b"], (8, 8), 1)
     """
     height, width = image_size
+    expected = tuple(model.input_shape[1:])
+    if len(expected) != 3 or any(e is not None and e != got
+                                 for e, got in zip(expected, (height, width, channels))):
+        raise ExportError(f"Expected image_size and channels matching the model's input "
+                          f"{expected}. Received: image_size={tuple(image_size)!r}, "
+                          f"channels={channels!r}")
+    check_class_names(model, class_names)
     names = tf.constant([str(c) for c in class_names])
 
     def outputs(pixels):

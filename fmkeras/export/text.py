@@ -14,7 +14,7 @@ import keras
 import tensorflow as tf
 
 from fmkeras.data.text import END_TOKEN, START_TOKEN
-from fmkeras.export.core import check_export, numpy_outputs, write_versioned
+from fmkeras.export.core import check_class_names, check_export, numpy_outputs, write_versioned
 from fmkeras.models.decoding import beam_search, greedy_search
 
 DECODE_METHODS = ("greedy", "beam")
@@ -169,6 +169,7 @@ def text_classifier_archive(model, vectorizer, class_names):
     >>> serve(tf.constant(["hola"]))["label"].shape.as_list()
     [1]
     """
+    check_class_names(model, class_names)
     names = tf.constant([str(c) for c in class_names])
 
     def serve(text):

@@ -46,3 +46,13 @@ def check_image_sides(shape, min_side, reason, known=False):
     if any(side is not None and side < min_side for side in sides):
         raise ValueError(f"{reason}, so height and width must be at least {min_side}. "
                          f"Received: input_shape={tuple(shape)}")
+
+
+def check_model(name, value):
+    """Raise ``ValueError`` unless ``value`` is a ``keras.Model``."""
+    import keras
+
+    if not isinstance(value, keras.Model):
+        raise ValueError(f"Expected `{name}` to be a keras.Model. Received: {name} of type "
+                         f"{type(value).__name__}")
+    return value

@@ -18,6 +18,7 @@ from keras import ops
 
 from fmkeras.errors import ConfigError, keras_download
 from fmkeras.models import cnn
+from fmkeras.models._checks import check_model
 
 # How each family's ``preprocess_input`` maps [0, 255] pixels (keras.applications'
 # imagenet_utils modes). EfficientNet and ConvNeXt normalise inside the network.
@@ -258,6 +259,7 @@ def image_classifier(backbone_model, num_classes, dropout=0.2, pooling="avg", hi
     >>> model.output_shape
     (None, 10)
     """
+    check_model("backbone_model", backbone_model)
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"Expected a positive integer. Received: num_classes={num_classes!r}")
     if pooling not in ("avg", "max", "flatten"):

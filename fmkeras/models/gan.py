@@ -14,6 +14,7 @@ import keras
 import tensorflow as tf
 
 from fmkeras.errors import FmkerasError
+from fmkeras.models._checks import check_model
 
 
 def _all_finite(grads):
@@ -92,12 +93,8 @@ class GAN(keras.Model):
 
     def __init__(self, generator, discriminator, seed=None, **kwargs):
         super().__init__(**kwargs)
-        for arg, value in (("generator", generator), ("discriminator", discriminator)):
-            if not isinstance(value, keras.Model):
-                raise FmkerasError(
-                    f"Expected `{arg}` to be a keras.Model. Received: {arg} of type "
-                    f"{type(value).__name__}"
-                )
+        check_model("generator", generator)
+        check_model("discriminator", discriminator)
         num_g, num_d = len(generator.inputs), len(discriminator.inputs)
         if num_g != num_d or num_g not in (1, 2):
             raise FmkerasError(
@@ -105,6 +102,13 @@ class GAN(keras.Model):
                 "or both 2 inputs (conditional, second one the labels). "
                 f"Received: {num_g} generator and {num_d} discriminator inputs"
             )
+        made = tuple(generator.outputs[0].shape[1:])
+        judged = tuple(discriminator.inputs[0].shape[1:])
+        if len(made) != len(judged) or any(
+                a is not None and b is not None and a != b for a, b in zip(made, judged)):
+            raise FmkerasError(
+                f"Expected the generator to make images of the shape the discriminator "
+                f"takes. Received: generator output {made}, discriminator input {judged}")
         self.generator = generator
         self.discriminator = discriminator
         self.conditional = num_g == 2

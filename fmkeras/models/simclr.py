@@ -16,6 +16,7 @@ import keras
 import tensorflow as tf
 
 from fmkeras.data.augment import Augmentation, augment_images
+from fmkeras.models._checks import check_model
 
 # Random crops (zoom in up to 1/0.6), small shifts and rotations, flips, brightness.
 DEFAULT_AUGMENTATION = Augmentation(rotation_range=15.0, width_shift_range=0.1,
@@ -76,6 +77,7 @@ class SimCLR(keras.Model):
     def __init__(self, encoder, projection_dim=64, hidden_dim=128, temperature=0.1,
                  augmentation=None, seed=None, **kwargs):
         super().__init__(**kwargs)
+        check_model("encoder", encoder)
         if temperature <= 0:
             raise ValueError(f"Expected temperature > 0. Received: temperature={temperature}")
         if isinstance(augmentation, dict):

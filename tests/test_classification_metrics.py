@@ -1,0 +1,28 @@
+"""Classification scores: values on a known case and errors for inputs that do not line up."""
+
+import numpy as np
+import pytest
+
+from fmkeras.errors import FmkerasError
+from fmkeras.evaluation.classification import classification_metrics
+
+
+def test_scores_of_a_known_case():
+    probabilities = np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.1, 0.6, 0.3], [0, 0, 1.0]])
+    scores = classification_metrics([0, 1, 2, 2], probabilities, ["a", "b", "c"])
+    assert scores["accuracy"] == 0.75
+    assert scores["confusion_matrix"] == [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
+    by_class = {row["class"]: row for row in scores["per_class"]}
+    assert by_class["b"]["precision"] == 0.5 and by_class["c"]["recall"] == 0.5
+    assert scores["macro_f1"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
+
+
+@pytest.mark.parametrize("y_true, probabilities, match", [
+    ([0, 1, 2], np.eye(3)[:2], r"one true label per row of probabilities \(2\). Received: 3"),
+    ([0, 1], np.eye(2), r"shape \(n, 3\), one column per class name. Received: shape \(2, 2\)"),
+    ([0, 5], np.eye(3)[:2], r"labels in \[0, 3\). Received: \[5\]"),
+    ([0, -1], np.eye(3)[:2], r"Received: \[-1\]"),
+])
+def test_inputs_that_do_not_line_up_are_refused(y_true, probabilities, match):
+    with pytest.raises(FmkerasError, match=match):
+        classification_metrics(y_true, probabilities, ["a", "b", "c"])
