@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import os
 import re
+import sys
 import types
 import typing
 
@@ -313,11 +314,13 @@ COMMON_KEY_RULES = {
 }
 
 
-def check_common_keys(config, prefix=""):
+def check_common_keys(config, prefix="", kind=None):
     """Raise :class:`ConfigError` for a shared key (``COMMON_KEY_RULES``) out of range.
 
     Tasks call it first thing in ``run``, so ``train.weight_decay=-1`` or
-    ``data.batch_size=0`` stops before any data is read or model trained.
+    ``data.batch_size=0`` stops before any data is read or model trained;
+    with ``kind`` (the task's config class) anything else given as the
+    config stops too.
 
     Example:
 
@@ -330,6 +333,10 @@ def check_common_keys(config, prefix=""):
     ...
     fmkeras.errors.ConfigError: Expected train.label_smoothing in [0, 1). Received: 1.5
     """
+    if kind is not None and not isinstance(config, kind):
+        raise ConfigError(f"Expected the config to be {kind.__name__} (from load_config("
+                          f"{kind.__name__}, preset, overrides)). Received: "
+                          f"{type(config).__name__}")
     for field in dataclasses.fields(config):
         value, key = getattr(config, field.name), f"{prefix}{field.name}"
         if dataclasses.is_dataclass(value):
@@ -454,10 +461,17 @@ def load_config(cls, path_or_preset=None, overrides=(), defaults=None):
     >>> config.train.epochs
     2
     """
+    if isinstance(overrides, (str, bytes)):
+        raise ConfigError(f"Expected overrides as a list of 'KEY=VALUE' strings. "
+                          f"Received: one string {overrides!r}")
     data = dict(defaults or {})
     if path_or_preset is not None:
         data.update(read_yaml(resolve_config_path(path_or_preset)))
-    data.pop("task", None)
+    task = data.pop("task", None)
+    wanted = getattr(sys.modules.get(cls.__module__), "TASK", None)
+    if task is not None and wanted is not None and task != wanted:
+        raise ConfigError(f"{path_or_preset!r} configures the {task!r} task. Expected a config "
+                          f"for {wanted!r} ({cls.__name__})")
     data = apply_overrides(data, overrides)
     return from_dict(cls, data)
 

@@ -51,6 +51,8 @@ def test_errors_name_what_was_received():
         compression.quantize(mlp(), "int3")
     with pytest.raises(ValueError, match="Received: 1.0"):
         compression.prune(mlp(), 1.0)
+    with pytest.raises(ValueError, match="Received: '0.5'"):
+        compression.prune(mlp(), "0.5")
 
 
 class Recorder(keras.callbacks.Callback):

@@ -85,3 +85,24 @@ def test_every_preset_loads():
     for name in config_lib.list_presets():
         data = config_lib.read_yaml(config_lib.resolve_config_path(name))
         assert "task" in data, name
+
+
+def test_python_api_mistakes_are_named():
+    with pytest.raises(ConfigError, match="'en_es_transformer' configures the 'translation' "
+                                          "task. Expected a config for 'image-classification'"):
+        config_lib.load_config(ImageClassificationConfig, "en_es_transformer")
+    with pytest.raises(ConfigError, match="list of 'KEY=VALUE' strings. Received: one string "
+                                          "'train.epochs=3'"):
+        config_lib.load_config(ImageClassificationConfig, "digits_cnn", "train.epochs=3")
+
+
+@pytest.mark.parametrize("task", ["image_classification", "translation", "text_classification",
+                                  "image_generation", "pretrain_simclr", "pretrain_mlm",
+                                  "fine_tune"])
+def test_every_task_run_names_a_config_of_another_kind(task):
+    import importlib
+
+    module = importlib.import_module(f"fmkeras.tasks.{task}")
+    with pytest.raises(ConfigError, match=r"Expected the config to be \w+Config .* Received: "
+                                          r"dict"):
+        module.run({"data": {"path": "data/digits"}})

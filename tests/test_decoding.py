@@ -92,6 +92,18 @@ def test_loops_stop_when_every_sequence_has_ended():
     assert int(fake.calls.numpy()) == 2  # both beams end at step 2: B [end] and A [end]
 
 
+@pytest.mark.parametrize("search", [greedy_search, beam_search])
+def test_token_ids_outside_the_vocabulary_and_flat_inputs_are_refused(model, source, search):
+    with pytest.raises(ValueError, match=r"`start_id` to be a token id in \[0, 40\).*"
+                                         r"Received: start_id=40"):
+        search(model, source, 40, END)
+    with pytest.raises(ValueError, match="Received: end_id=-1"):
+        search(model, source, START, -1)
+    with pytest.raises(ValueError, match=r"shape \(batch, source_length\). "
+                                         r"Received: shape \(8,\)"):
+        search(model, source[0], START, END)
+
+
 def test_usable_in_a_saved_model_signature(model, source, tmp_path):
     module = tf.Module()
     module.model = model

@@ -74,3 +74,18 @@ def test_errors_name_what_was_received():
         lora.enable_lora(mlp(), rank=0)
     with pytest.raises(ValueError, match=r"some of \['einsum', 'head', 'hidden'\]. Received"):
         lora.enable_lora(mlp(), rank=2, patterns="nothing*")
+    with pytest.raises(ValueError, match="Expected `model` to be a keras.Model. Received: model "
+                                         "of type str"):
+        lora.enable_lora("hidden", rank=2)
+
+
+def test_enabling_again_keeps_one_rank_per_layer():
+    model = mlp()
+    lora.enable_lora(model, rank=2, patterns="hidden")
+    count = lora.trainable_parameter_count(model)
+    assert [layer.name for layer in lora.enable_lora(model, rank=2)] == \
+        ["hidden", "einsum", "head"]  # the same rank again: the adapters already there stay
+    assert lora.trainable_parameter_count(model) > count
+    with pytest.raises(ValueError, match=r"another rank: \['hidden \(rank 2\)', 'einsum \(rank "
+                                         r"2\)', 'head \(rank 2\)'\]. Expected rank=4"):
+        lora.enable_lora(model, rank=4)

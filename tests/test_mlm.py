@@ -44,6 +44,16 @@ def test_unknown_tokens_are_never_prediction_targets():
     assert weights[ids.numpy() > 1].all()
 
 
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(mask_id=10, vocab_size=10), r"mask_id in \[2, 10\) .* Received: mask_id=10"),
+    (dict(mask_id=1, vocab_size=10), "Received: mask_id=1"),
+    (dict(mask_id=2, vocab_size=2), "Received: vocab_size=2"),
+])
+def test_mask_and_vocabulary_ids_are_checked(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        mask_tokens(tf.constant([[5, 6]]), **kwargs)
+
+
 def test_batches_are_cut_to_their_length_bucket():
     config = task.PretrainMLMConfig()
     ids = np.zeros((40, 32), "int32")

@@ -229,6 +229,21 @@ def test_classification_batches():
     assert (ids.numpy()[1, 1:] == 0).all()
 
 
+def test_builders_name_what_they_received():
+    with pytest.raises(DataError, match="Received: sequence_length=0"):
+        text_vectorizer(0, texts=["hola"])
+    with pytest.raises(DataError, match="list of strings. Received: one string 'hola amigo'"):
+        text_vectorizer(8, texts="hola amigo")
+    vectorizer = text_vectorizer(8, texts=["hola"])
+    with pytest.raises(DataError, match="Expected a LabelledText .* Received: list"):
+        classification_dataset(["hola"], vectorizer)
+    data = LabelledText(["hola", "hello"], np.array([0, 1]), ["es", "en"])
+    with pytest.raises(DataError, match="Received: batch_size=0"):
+        classification_dataset(data, vectorizer, batch_size=0)
+    with pytest.raises(DataError, match="Expected a ParallelText .* Received: tuple"):
+        translation_dataset((["hola"], ["hello"]), vectorizer, vectorizer)
+
+
 def test_embedded_samples_read_cleanly():
     for path in (EN_ES, LANGID):
         assert os.path.getsize(path) < 1_000_000

@@ -586,6 +586,13 @@ def text_vectorizer(sequence_length, max_tokens=None, vocabulary=None, texts=Non
     >>> layer(["DÓNDE"]).numpy().tolist()
     [[2, 0, 0, 0]]
     """
+    if isinstance(sequence_length, bool) or not isinstance(sequence_length, int) \
+            or sequence_length < 1:
+        raise DataError(f"Expected sequence_length to be a positive integer. "
+                        f"Received: sequence_length={sequence_length!r}")
+    if isinstance(texts, (str, bytes)):
+        raise DataError(f"Expected texts to be a list of strings. Received: one string "
+                        f"{texts[:40]!r}")
     if isinstance(vocabulary, str):
         vocabulary = load_vocabulary(vocabulary)
     layer = keras.layers.TextVectorization(
@@ -689,6 +696,15 @@ def translation_vectorizers(corpus, sequence_length, source_vocab_size=None,
     return source, target
 
 
+def _check_batches(data, kind, reader, batch_size):
+    """Raise :class:`DataError` unless ``data`` is a ``kind`` and ``batch_size`` a count."""
+    if not isinstance(data, kind):
+        raise DataError(f"Expected a {kind.__name__} (from {reader}). "
+                        f"Received: {type(data).__name__}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise DataError(f"Expected a positive batch_size. Received: batch_size={batch_size!r}")
+
+
 def translation_dataset(corpus, source_vectorizer, target_vectorizer, batch_size=64,
                         shuffle=False, seed=1337):
     """Batches a :class:`ParallelText` for teacher forcing.
@@ -716,6 +732,7 @@ def translation_dataset(corpus, source_vectorizer, target_vectorizer, batch_size
     >>> tuple(labels.shape)
     (1, 8)
     """
+    _check_batches(corpus, ParallelText, "read_parallel_tsv", batch_size)
     data = tf.data.Dataset.from_tensor_slices(
         (list(corpus.sources), add_start_end(corpus.targets)))
     if shuffle:
@@ -750,6 +767,7 @@ def classification_dataset(data, vectorizer, batch_size=64, shuffle=False, seed=
     >>> tuple(ids.shape)
     (2, 8)
     """
+    _check_batches(data, LabelledText, "read_labelled_text", batch_size)
     ds = tf.data.Dataset.from_tensor_slices(
         (list(data.texts), np.asarray(data.labels, dtype=np.int32)))
     if shuffle:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import weakref
 
+import numpy as np
 import tensorflow as tf
 
 from fmkeras.models.transformer import check_positive
@@ -129,9 +130,27 @@ def _beam_graph(model, encoder_inputs, start_id, end_id, max_length, from_logits
             tf.gather(normalized, best, batch_dims=1))
 
 
+def _token_settings(model, start_id, end_id, max_length, from_logits):
+    """The settings both searches share, checked against the model's vocabulary."""
+    try:
+        vocab_size = model.output_shape[-1]
+    except AttributeError:  # a subclassed model that was never built from an Input
+        vocab_size = None
+    for name, value in (("start_id", start_id), ("end_id", end_id)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0 \
+                or (vocab_size is not None and value >= vocab_size):
+            raise ValueError(f"Expected `{name}` to be a token id in [0, {vocab_size or 'vocab'})"
+                             f", the model's target vocabulary. Received: {name}={value!r}")
+    return dict(start_id=int(start_id), end_id=int(end_id),
+                max_length=_max_length(model, max_length), from_logits=bool(from_logits))
+
+
 def _run(graph, model, encoder_inputs, settings):
     """Runs ``graph`` in the current graph, or eagerly through a cached tf.function."""
     encoder_inputs = tf.cast(encoder_inputs, tf.int32)
+    if encoder_inputs.shape.rank not in (None, 2):
+        raise ValueError(f"Expected encoder_inputs of shape (batch, source_length). "
+                         f"Received: shape {tuple(encoder_inputs.shape)}")
     if tf.inside_function():
         return graph(model, encoder_inputs, **settings)
     cache = _COMPILED.setdefault(model, {})
@@ -171,8 +190,7 @@ def greedy_search(model, encoder_inputs, start_id, end_id, max_length=None, from
     >>> tuple(greedy_search(model, tf.ones((2, 8), tf.int32), 2, 3).shape)
     (2, 8)
     """
-    settings = dict(start_id=int(start_id), end_id=int(end_id),
-                    max_length=_max_length(model, max_length), from_logits=bool(from_logits))
+    settings = _token_settings(model, start_id, end_id, max_length, from_logits)
     return _run(_greedy_graph, model, encoder_inputs, settings)
 
 
@@ -215,8 +233,7 @@ def beam_search(model, encoder_inputs, start_id, end_id, beam_width=4, length_pe
             or length_penalty < 0:
         raise ValueError("Expected `length_penalty` to be a number >= 0. "
                          f"Received: length_penalty={length_penalty!r}")
-    settings = dict(start_id=int(start_id), end_id=int(end_id),
-                    max_length=_max_length(model, max_length), from_logits=bool(from_logits),
+    settings = dict(_token_settings(model, start_id, end_id, max_length, from_logits),
                     beam_width=beam_width, length_penalty=float(length_penalty))
     tokens, scores = _run(_beam_graph, model, encoder_inputs, settings)
     return (tokens, scores) if return_scores else tokens

@@ -243,7 +243,7 @@ def trainable_count(model):
 
 
 def _check_config(config):
-    config_lib.check_common_keys(config)
+    config_lib.check_common_keys(config, kind=FineTuneConfig)
     if config.model.recalibrate_batchnorm not in (True, False, "auto"):
         raise ConfigError("Expected model.recalibrate_batchnorm true, false or 'auto'. "
                           f"Received: {config.model.recalibrate_batchnorm!r}")

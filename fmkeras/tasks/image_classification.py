@@ -424,7 +424,7 @@ def validate_data(config):
 
 
 def _check_config(config):
-    config_lib.check_common_keys(config)
+    config_lib.check_common_keys(config, kind=ImageClassificationConfig)
     if config.train.epochs < 1:
         raise ConfigError(f"Expected train.epochs >= 1. Received: {config.train.epochs}")
     if config.train.optimizer == "muon":  # before any data is read (no TensorFlow yet)

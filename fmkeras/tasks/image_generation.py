@@ -124,7 +124,7 @@ class ImageGenerationConfig:
 
 
 def _check_config(config):
-    config_lib.check_common_keys(config)
+    config_lib.check_common_keys(config, kind=ImageGenerationConfig)
     data, train, evaluation = config.data, config.train, config.evaluation
     if data.image_size not in SUPPORTED_SIZES:
         raise ConfigError(f"Unsupported data.image_size. Expected one of {sorted(SUPPORTED_SIZES)}."

@@ -176,12 +176,12 @@ def run(config, callbacks=()):
     >>> config.train.epochs = 1
     >>> result = run(config)  # doctest: +SKIP
     """
+    config_lib.check_common_keys(config, kind=PretrainMLMConfig)
     data, train = config.data, config.train
     if train.epochs < 1:
         raise ConfigError(f"Expected train.epochs >= 1. Received: {train.epochs}")
     if not 0.0 < data.mask_rate <= 1.0:
         raise ConfigError(f"Expected 0 < data.mask_rate <= 1. Received: {data.mask_rate}")
-    config_lib.check_common_keys(config)
     dist = distribute.Distribution(config.strategy)  # first: before TensorFlow starts
     run_dir = dist.write_dir(config.run_dir or base.default_run_dir(TASK))
     precision_lib.set_seed(config.seed, config.deterministic)

@@ -101,7 +101,7 @@ class PretrainSimCLRConfig(config_lib.RunSettings):
 
 
 def _check_config(config):
-    config_lib.check_common_keys(config)
+    config_lib.check_common_keys(config, kind=PretrainSimCLRConfig)
     if config.data.pipeline != "tfdata":
         raise ConfigError(f"Expected data.pipeline='tfdata'. Received: {config.data.pipeline!r}")
     if config.train.epochs < 1:

@@ -175,7 +175,7 @@ def validate_data(config):
 
 
 def _check_config(config):
-    config_lib.check_common_keys(config)
+    config_lib.check_common_keys(config, kind=TextClassificationConfig)
     check_train_config(config.train)
     if config.model.name not in MODEL_NAMES:
         raise ConfigError(f"Unknown model.name. Expected one of {list(MODEL_NAMES)}. "

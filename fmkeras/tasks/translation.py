@@ -249,7 +249,7 @@ def validate_data(config):
 
 
 def _check_config(config):
-    config_lib.check_common_keys(config)
+    config_lib.check_common_keys(config, kind=TranslationConfig)
     check_train_config(config.train)
     data, decode = config.data, config.decode
     for key in ("source_vocab_size", "target_vocab_size"):  # the rest: check_common_keys

@@ -100,8 +100,9 @@ def prune(model, sparsity_target):
     >>> round(prune(model, 0.5), 2)
     0.5
     """
-    if not 0.0 <= sparsity_target < 1.0:
-        raise ValueError(f"Expected 0 <= sparsity_target < 1. Received: {sparsity_target}")
+    if isinstance(sparsity_target, bool) or not isinstance(sparsity_target, (int, float)) \
+            or not 0.0 <= sparsity_target < 1.0:
+        raise ValueError(f"Expected 0 <= sparsity_target < 1. Received: {sparsity_target!r}")
     for layer in _prunable(model):
         kernel = keras.ops.convert_to_numpy(layer.kernel)
         if int(round(sparsity_target * kernel.size)):

@@ -15,6 +15,8 @@ import tempfile
 
 import keras
 
+from fmkeras.models._checks import check_model
+
 LORA_LAYER_TYPES = (keras.layers.Dense, keras.layers.EinsumDense, keras.layers.Embedding)
 _LORA_KEYS = ("lora_rank", "lora_alpha")
 
@@ -64,6 +66,7 @@ def enable_lora(model, rank, patterns=("*",), lora_alpha=None, freeze_others=Tru
     >>> trainable_parameter_count(model)
     24
     """
+    check_model("model", model)
     if not isinstance(rank, int) or rank < 1:
         raise ValueError(f"Expected a positive integer rank. Received: rank={rank!r}")
     patterns = [patterns] if isinstance(patterns, str) else list(patterns)
@@ -77,6 +80,11 @@ def enable_lora(model, rank, patterns=("*",), lora_alpha=None, freeze_others=Tru
                         if isinstance(layer, LORA_LAYER_TYPES)})
         raise ValueError(f"No Dense, EinsumDense or Embedding layer matches the patterns. "
                          f"Expected patterns matching some of {names}. Received: {patterns}")
+    other = [f"{layer.name} (rank {layer.lora_rank})" for layer in selected
+             if layer.lora_enabled and layer.lora_rank != rank]
+    if other:
+        raise ValueError(f"LoRA is already on with another rank: {other}. Expected rank={rank} "
+                         f"for every selected layer; merge_lora(model) first to start again")
     for layer in selected:
         if not layer.lora_enabled:
             layer.enable_lora(rank, lora_alpha=lora_alpha)
