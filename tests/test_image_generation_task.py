@@ -84,6 +84,14 @@ def test_conditional_generator_export_is_checked(tmp_path):
     served = loaded.signatures["serving_default"](
         latents=tf.zeros((2, 4)), labels=tf.constant([0, 2], tf.int32))
     assert served["images"].dtype == tf.uint8
+    # A label outside the table, or a negative batch size, is refused in the graph (on a GPU
+    # an unchecked gather returns zeros instead of failing).
+    for labels in ([0, 3], [-1, 0]):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"Expected labels \[0, 3\)"):
+            loaded.signatures["serving_default"](latents=tf.zeros((2, 4)),
+                                                 labels=tf.constant(labels, tf.int32))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Expected batch_size >= 0"):
+        loaded.signatures["sample"](batch_size=tf.constant(-2), seed=tf.constant(1))
 
 
 def test_bad_config_values_raise_clear_errors(tmp_path):

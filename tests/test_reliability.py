@@ -209,6 +209,23 @@ def test_best_checkpoint_value_survives_a_resume(data, tmp_path):
     assert again["best"] <= state["best"]
 
 
+def test_a_fresh_run_in_a_finished_run_dir_keeps_nothing_of_the_old_best(data, tmp_path):
+    # The finished run's best checkpoint (lower val_loss, another architecture) used to
+    # outrank every epoch of the new run and be loaded into it at the end.
+    run_dir = str(tmp_path / "run")
+    task.run(tiny(data, run_dir, "train.epochs=1"))
+    state_path = tmp_path / "run" / "checkpoints" / "best.keras.best.json"
+    state = json.loads(state_path.read_text())
+    state_path.write_text(json.dumps({**state, "best": 0.0}))  # a value no epoch beats
+    result = task.run(tiny(data, run_dir, "train.epochs=1", "model.dense_units=16"))
+    state = json.loads(state_path.read_text())
+    history = (tmp_path / "run" / "history.csv").read_text().splitlines()
+    assert len(history) == 2  # header and this run's one epoch
+    val_loss = float(history[1].split(",")[history[0].split(",").index("val_loss")])
+    assert state["best"] == pytest.approx(val_loss)
+    assert np.isfinite(result.metrics["test_loss"])
+
+
 def test_changed_sgd_momentum_refuses_to_resume(data, tmp_path):
     run_dir = str(tmp_path / "run")
     interrupted(data, run_dir, 3, "train.optimizer=sgd", "train.momentum=0.9")

@@ -36,6 +36,18 @@ def to_uint8(images):
     return tf.cast(tf.clip_by_value(tf.round(pixels), 0.0, 255.0), tf.uint8)
 
 
+def _checked(values, low, high, name):
+    """``values`` after in-graph checks that they lie in ``[low, high)`` (``high`` None: no cap)."""
+    expected = f"[{low}, {high})" if high is not None else f">= {low}"
+    checks = [tf.debugging.assert_greater_equal(
+        values, tf.cast(low, values.dtype), message=f"Expected {name} {expected}")]
+    if high is not None:
+        checks.append(tf.debugging.assert_less(
+            values, tf.cast(high, values.dtype), message=f"Expected {name} {expected}"))
+    with tf.control_dependencies(checks):
+        return tf.identity(values)
+
+
 def generator_archive(generator):
     """An ``ExportArchive`` serving a (DCGAN) generator.
 
@@ -72,10 +84,14 @@ def generator_archive(generator):
     latent_spec = tf.TensorSpec((None, latent_dim), tf.float32, name="latents")
 
     def generate(latents, labels=None):
+        if labels is not None:
+            # An unchecked label outside the table gathers zeros on a GPU: refuse it.
+            labels = _checked(labels, 0, num_classes, "labels")
         inputs = latents if labels is None else [latents, tf.reshape(labels, (-1, 1))]
         return to_uint8(generator(inputs, training=False))
 
     def sample(batch_size, seed):
+        batch_size = _checked(batch_size, 0, None, "batch_size")
         seeds = tf.stack([tf.cast(seed, tf.int32), tf.constant(0, tf.int32)])
         latents = tf.random.stateless_normal((batch_size, latent_dim), seed=seeds)
         if num_classes is None:

@@ -343,7 +343,10 @@ def standard_callbacks(run_dir, monitor="val_loss", early_stopping_patience=None
             before stopping (best weights restored); ``None`` disables it.
         reduce_lr_patience: optional int. Epochs without improvement before
             halving the learning rate; ``None`` disables it.
-        resume: bool. Append to an existing ``history.csv`` (a resumed run).
+        resume: bool. A resumed run: append to an existing ``history.csv`` and
+            keep the best checkpoint so far. A fresh run (``False``) removes a
+            previous run's ``best.keras``, so neither its weights nor its best
+            value carry into this run.
         extra: iterable of more callbacks, appended at the end.
         seed: optional int. Adds :class:`EpochSeeds`, so random layers draw the
             same values in an epoch whether or not the run was resumed.
@@ -365,10 +368,15 @@ def standard_callbacks(run_dir, monitor="val_loss", early_stopping_patience=None
     """
     checkpoints = os.path.join(run_dir, "checkpoints")
     os.makedirs(checkpoints, exist_ok=True)
+    best_path = os.path.join(checkpoints, "best.keras")
+    if not resume:
+        for stale in (best_path, f"{best_path}.best.json"):
+            if os.path.exists(stale):
+                os.remove(stale)
     backup = ResumableBackup(os.path.join(checkpoints, "backup"), identity, force_resume,
                              history_path=os.path.join(run_dir, "history.csv"),
                              interval_s=every_s)
-    best = BestCheckpoint(os.path.join(checkpoints, "best.keras"), monitor=monitor,
+    best = BestCheckpoint(best_path, monitor=monitor,
                           interval_s=every_s)
     callbacks = [
         backup,
