@@ -257,6 +257,12 @@ def test_legacy_attributes_are_readable():
     assert gen.rotation_range == 15 and gen.zoom_range == (0.9, 1.1)
 
 
+def _fitted(x):
+    gen = ImageDataGenerator(featurewise_center=True)
+    gen.fit(x)
+    return gen
+
+
 @pytest.mark.parametrize("make, error, match", [
     (lambda d: ImageDataGenerator(zca_whitening=True), FmkerasError, "zca_whitening"),
     (lambda d: ImageDataGenerator(featurewise_center=True).flow_from_directory(d),
@@ -272,6 +278,14 @@ def test_legacy_attributes_are_readable():
      FmkerasError, "interpolation"),
     (lambda d: ImageDataGenerator(interpolation_order=3), FmkerasError, "interpolation_order"),
     (lambda d: ImageDataGenerator().flow(np.zeros((2, 4, 4))), DataError, "rank 4"),
+    (lambda d: _fitted(np.ones((2, 4, 4, 3))).flow(np.zeros((2, 4, 4, 1))), FmkerasError,
+     r"3 channel\(s\) fit\(\) saw for featurewise_center. Received: images with 1"),
+    (lambda d: ImageDataGenerator().flow_from_dataframe([{"filename": "a.png"}], d),
+     DataError, "Expected a pandas DataFrame .* Received: list"),
+    (lambda d: ImageDataGenerator().random_transform(np.zeros((4, 4))), FmkerasError,
+     r"one image of rank 3 \(channels_last\). Received: x.shape=\(4, 4\)"),
+    (lambda d: ImageDataGenerator().apply_transform(np.zeros((4, 4, 1)), {"angle": 3}),
+     FmkerasError, r"Unknown transform parameters \['angle'\]"),
 ])
 def test_bad_input_raises_clear_errors(image_dir, make, error, match):
     with pytest.raises(error, match=match) as info:
@@ -317,3 +331,36 @@ def test_dataframe_binary_needs_two_classes(image_dir):
     table = {"filename": ["a.png", "b.png", "c.png"], "class": ["x", "y", "z"]}
     with pytest.raises(DataError, match="exactly 2 classes"):
         ImageDataGenerator().flow_from_dataframe(table, image_dir, class_mode="binary")
+
+
+@pytest.mark.parametrize("params", [
+    dict(theta=12.0, tx=1.5, ty=-2.0, shear=4.0, zx=0.9, zy=1.1, flip_horizontal=True),
+    dict(flip_vertical=True, channel_shift_intensity=30.0),
+    dict(brightness=None, channel_shift_intensity=None, zx=1.2),
+])
+def test_apply_transform_matches_legacy(params):
+    image = np.random.default_rng(2).uniform(0, 255, (11, 11, 3)).astype("float32")
+    kwargs = dict(fill_mode="nearest", channel_shift_range=40.0)
+    expected = LegacyGenerator(**kwargs).apply_transform(image, params)
+    got = ImageDataGenerator(**kwargs).apply_transform(image, params)
+    assert got.shape == image.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=1e-3)
+
+
+def test_random_transform_is_seeded_and_drawn_from_the_ranges():
+    kwargs = dict(rotation_range=20, width_shift_range=0.25, zoom_range=0.1,
+                  horizontal_flip=True, channel_shift_range=10.0, brightness_range=(0.8, 1.2))
+    gen = ImageDataGenerator(**kwargs)
+    draws = [gen.get_random_transform((8, 8, 3), seed=s) for s in range(200)]
+    assert set(draws[0]) == set(LegacyGenerator(**kwargs).get_random_transform((8, 8, 3)))
+    assert draws[0] == gen.get_random_transform((8, 8, 3), seed=0) != draws[1]
+    assert all(-20 <= d["theta"] <= 20 and -2 <= d["tx"] <= 2 and d["ty"] == 0
+               and 0.9 <= d["zx"] <= 1.1 and 0.8 <= d["brightness"] <= 1.2 for d in draws)
+    assert 0.3 < np.mean([d["flip_horizontal"] for d in draws]) < 0.7
+    assert np.std([d["theta"] for d in draws]) == pytest.approx(20 / math.sqrt(3), rel=0.2)
+    image = np.random.default_rng(3).uniform(0, 255, (8, 8, 3)).astype("float32")
+    np.testing.assert_array_equal(gen.random_transform(image, seed=5),
+                                  gen.apply_transform(image, gen.get_random_transform(
+                                      image.shape, seed=5)))
+    first = ImageDataGenerator(**kwargs, data_format="channels_first")
+    assert first.random_transform(image.transpose(2, 0, 1), seed=5).shape == (3, 8, 8)

@@ -334,16 +334,45 @@ def augment_images(images, aug, seed):
     images = tf.convert_to_tensor(images, tf.float32)
     if aug.is_identity:
         return images
-    height, width = images.shape[1], images.shape[2]
-    params = random_affine_params(aug, tf.shape(images)[0], height, width, seed)
-    if aug.is_geometric:
-        transforms = affine_transforms(params, height, width)
+    params = random_affine_params(aug, tf.shape(images)[0], images.shape[1], images.shape[2],
+                                  seed)
+    return transform_images(images, params, aug, geometric=aug.is_geometric,
+                            channel_shift=bool(aug.channel_shift_range),
+                            brightness=aug.brightness_range is not None)
+
+
+def transform_images(images, params, aug, geometric=True, channel_shift=True, brightness=True):
+    """Apply drawn parameters (:func:`random_affine_params`) to a batch, in the legacy order.
+
+    One resampling for the geometric transforms and flips (``aug`` gives the
+    fill mode, fill value and interpolation), then the channel shift (clipped
+    to each image's range) and the brightness factor (clipped to [0, 255]).
+
+    Args:
+        images: float tensor ``[batch, height, width, channels]`` (values 0-255),
+            height and width static.
+        params: dict of ``[batch]`` tensors, as :func:`random_affine_params` draws.
+        aug: :class:`Augmentation`.
+        geometric, channel_shift, brightness: bool. Which steps to apply.
+
+    Returns:
+        A float32 tensor with the shape of ``images``.
+
+    Example:
+
+    >>> p = random_affine_params(Augmentation(horizontal_flip=True), 1, 2, 2, (0, 0))
+    >>> transform_images(tf.zeros((1, 2, 2, 1)), p, Augmentation()).shape
+    TensorShape([1, 2, 2, 1])
+    """
+    images = tf.convert_to_tensor(images, tf.float32)
+    if geometric:
+        transforms = affine_transforms(params, images.shape[1], images.shape[2])
         images = apply_affine(images, transforms, aug.fill_mode, aug.cval, aug.interpolation)
-    if aug.channel_shift_range:
+    if channel_shift:
         low = tf.reduce_min(images, axis=[1, 2, 3], keepdims=True)
         high = tf.reduce_max(images, axis=[1, 2, 3], keepdims=True)
         shift = params["channel_shift"][:, None, None, None]
         images = tf.clip_by_value(images + shift, low, high)
-    if aug.brightness_range is not None:
+    if brightness:
         images = tf.clip_by_value(images * params["brightness"][:, None, None, None], 0.0, 255.0)
     return images

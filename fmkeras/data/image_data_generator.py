@@ -27,7 +27,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from fmkeras.data.augment import Augmentation, augment_images
+from fmkeras.data.augment import (
+    Augmentation,
+    augment_images,
+    random_affine_params,
+    transform_images,
+)
 from fmkeras.data.image_iterators import (  # noqa: F401 - re-exported
     DataFrameIterator,
     DirectoryIterator,
@@ -45,6 +50,14 @@ __all__ = [
 ]
 
 _INTERPOLATION_ORDERS = {0: "nearest", 1: "bilinear"}
+# The legacy transform keys, at the values that change nothing.
+_IDENTITY_TRANSFORM = {"theta": 0.0, "tx": 0.0, "ty": 0.0, "shear": 0.0, "zx": 1.0, "zy": 1.0,
+                       "flip_horizontal": False, "flip_vertical": False,
+                       "channel_shift_intensity": 0.0, "brightness": 1.0}
+# random_affine_params' names for them.
+_PARAM_KEYS = {"theta": "theta", "tx": "tx", "ty": "ty", "shear": "shear", "zx": "zx",
+               "zy": "zy", "flip_h": "flip_horizontal", "flip_v": "flip_vertical",
+               "channel_shift": "channel_shift_intensity", "brightness": "brightness"}
 
 
 class ImageDataGenerator:
@@ -206,15 +219,20 @@ class ImageDataGenerator:
         if self.featurewise_std_normalization:
             self.std = np.reshape(np.std(x, axis=axes), shape)
 
-    def _check_fitted(self):
-        missing = [name for name, stat in (("featurewise_center", self.mean),
-                                           ("featurewise_std_normalization", self.std))
-                   if getattr(self, name) and stat is None]
+    def _check_fitted(self, channels=None):
+        """Raise unless the featurewise statistics exist (for images of ``channels``)."""
+        stats = (("featurewise_center", self.mean), ("featurewise_std_normalization", self.std))
+        missing = [name for name, stat in stats if getattr(self, name) and stat is None]
         if missing:
             raise FmkerasError(
                 f"{' and '.join(missing)} need statistics: call generator.fit(x_sample) "
                 "before flow(), flow_from_directory() or flow_from_dataframe(). "
                 "Received: a generator that was never fitted.")
+        for name, stat in stats:
+            if channels and getattr(self, name) and np.size(stat) != channels:
+                raise FmkerasError(
+                    f"Expected images with the {np.size(stat)} channel(s) fit() saw for "
+                    f"{name}. Received: images with {channels} channel(s)")
 
     def standardize_tensor(self, x, mean=None, std=None):
         """Normalise a batch tensor in this generator's ``data_format`` (graph friendly).
@@ -266,6 +284,102 @@ class ImageDataGenerator:
         single = x.ndim == 3
         out = self.standardize_tensor(tf.constant(x[None] if single else x)).numpy()
         return out[0] if single else out
+
+    # ------------------------------------------------- legacy per-image transforms
+    def _single_image(self, x, method):
+        """``x`` as a float32 ``[1, h, w, c]`` batch, or a clear error."""
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 3:
+            raise FmkerasError(f"Expected {method}(x) with one image of rank 3 "
+                               f"({self.data_format}). Received: x.shape={x.shape}")
+        return (x if self.channel_axis == 3 else x.transpose(1, 2, 0))[None]
+
+    def get_random_transform(self, img_shape, seed=None):
+        """Draw the random transform of one image, as the legacy method does.
+
+        Args:
+            img_shape: tuple. The image's shape (rank 3, in ``data_format``).
+            seed: optional int. Same seed, same transform.
+
+        Returns:
+            dict with the legacy keys ``theta``, ``tx``, ``ty``, ``shear`` (degrees
+            and pixels), ``zx``, ``zy``, ``flip_horizontal``, ``flip_vertical``,
+            ``channel_shift_intensity`` and ``brightness`` (``None`` when off);
+            ``tx`` moves along the width and ``ty`` along the height, as
+            :meth:`apply_transform` reads them (the legacy method draws ``tx``
+            from ``height_shift_range``, moving images sideways; here
+            ``width_shift_range`` gives ``tx``).
+
+        Example:
+
+        >>> gen = ImageDataGenerator(rotation_range=30)
+        >>> params = gen.get_random_transform((8, 8, 3), seed=1)
+        >>> -30 <= params["theta"] <= 30 and params == gen.get_random_transform((8, 8, 3), seed=1)
+        True
+        """
+        if len(img_shape) != 3:
+            raise FmkerasError(f"Expected img_shape of rank 3. Received: {tuple(img_shape)}")
+        rows, cols = (img_shape[0], img_shape[1]) if self.channel_axis == 3 else img_shape[1:]
+        seed = int(np.random.randint(2**31 - 1) if seed is None else seed)
+        drawn = {k: float(v[0]) for k, v in random_affine_params(
+            self.augmentation, 1, rows, cols, (seed, 0)).items()}
+        aug = self.augmentation
+        return {"theta": drawn["theta"], "tx": drawn["tx"], "ty": drawn["ty"],
+                "shear": drawn["shear"], "zx": drawn["zx"], "zy": drawn["zy"],
+                "flip_horizontal": bool(drawn["flip_h"]), "flip_vertical": bool(drawn["flip_v"]),
+                "channel_shift_intensity": (drawn["channel_shift"] if aug.channel_shift_range
+                                            else None),
+                "brightness": drawn["brightness"] if aug.brightness_range is not None else None}
+
+    def apply_transform(self, x, transform_parameters):
+        """Apply a transform (from :meth:`get_random_transform`, or written by hand) to one image.
+
+        Missing keys mean "no change", as in the legacy method; the fill mode,
+        fill value and interpolation are this generator's.
+
+        Args:
+            x: array of rank 3 (one image, in ``data_format``).
+            transform_parameters: dict with some of the keys
+                :meth:`get_random_transform` returns.
+
+        Returns:
+            float32 array of the shape of ``x``.
+
+        Example:
+
+        >>> image = np.arange(9, dtype="float32").reshape(3, 3, 1)
+        >>> ImageDataGenerator().apply_transform(image, {"flip_horizontal": True})[0, :, 0]
+        array([2., 1., 0.], dtype=float32)
+        """
+        batch = self._single_image(x, "apply_transform")
+        given = dict(transform_parameters)
+        unknown = sorted(set(given) - set(_IDENTITY_TRANSFORM))
+        if unknown:
+            raise FmkerasError(f"Unknown transform parameters {unknown}. Expected some of "
+                               f"{sorted(_IDENTITY_TRANSFORM)}")
+        values = {**_IDENTITY_TRANSFORM, **{k: v for k, v in given.items() if v is not None}}
+        params = {name: tf.constant([float(values[key])], tf.float32)
+                  for name, key in _PARAM_KEYS.items()}
+        geometric = any(float(values[k]) != float(_IDENTITY_TRANSFORM[k])
+                        for k in ("theta", "tx", "ty", "shear", "zx", "zy", "flip_horizontal",
+                                  "flip_vertical"))
+        out = transform_images(
+            batch, params, self.augmentation, geometric=geometric,
+            channel_shift=given.get("channel_shift_intensity") is not None,
+            brightness=given.get("brightness") is not None).numpy()[0]
+        return out if self.channel_axis == 3 else out.transpose(2, 0, 1)
+
+    def random_transform(self, x, seed=None):
+        """One image with a random transform drawn from this generator's ranges (legacy API).
+
+        Example:
+
+        >>> gen = ImageDataGenerator(horizontal_flip=True)
+        >>> gen.random_transform(np.zeros((4, 4, 3)), seed=0).shape
+        (4, 4, 3)
+        """
+        self._single_image(x, "random_transform")
+        return self.apply_transform(x, self.get_random_transform(np.shape(x), seed))
 
     def _apply_preprocessing(self, batch):
         return np.stack([np.asarray(self.preprocessing_function(image), np.float32)

@@ -295,6 +295,7 @@ class _FileIterator(ImageIterator):
         hwc = self.target_size + (channels,)
         self.image_shape = hwc if generator.data_format == "channels_last" else (
             (channels,) + self.target_size)
+        generator._check_fitted(channels)  # before decoding every file
         load = _image_loader(self.target_size, channels, interpolation)
         if cache == "auto":
             cache = len(paths) * math.prod(hwc) <= _AUTO_CACHE_BYTES
@@ -380,6 +381,9 @@ def _class_targets(classes, num_classes, class_mode, dtype):
 
 
 def _column(table, name):
+    if isinstance(table, (list, tuple, str, np.ndarray)) or not hasattr(table, "__getitem__"):
+        raise DataError(f"Expected a pandas DataFrame (or a dict of columns). "
+                        f"Received: {type(table).__name__}")
     try:
         return list(table[name])
     except (KeyError, IndexError, TypeError):
@@ -545,6 +549,7 @@ class NumpyArrayIterator(ImageIterator):
         self.y = None if y is None else np.asarray(y)[start:stop]
         weights = None if sample_weight is None else np.asarray(sample_weight)[start:stop]
         self.image_shape = self.x.shape[1:]
+        gen._check_fitted(self.image_shape[gen.channel_axis - 1])
         images = self.x if gen.data_format == "channels_last" else self.x.transpose(0, 2, 3, 1)
         super().__init__(gen, images=images.astype(np.float32), targets=self.y,
                          sample_weight=weights, class_mode=None, batch_size=batch_size,
