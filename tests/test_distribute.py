@@ -190,6 +190,13 @@ def test_global_batch_size_and_errors(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", "{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         distribute.is_chief()
+    for task in ({"type": "worker", "index": 2}, {"type": "chief", "index": 0},
+                 {"type": "worker", "index": "0"}):
+        monkeypatch.setenv("TF_CONFIG", json.dumps(
+            {"cluster": {"worker": ["a:1", "b:1"]}, "task": task}))
+        with pytest.raises(ConfigError, match=r"task must name one of its cluster's hosts. "
+                                              r"Expected task.type among \['worker'\]"):
+            distribute.make_strategy("multi_worker")
 
 
 def test_shard_policy(monkeypatch):

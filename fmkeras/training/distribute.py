@@ -168,6 +168,16 @@ def _multi_worker_strategy(collective_timeout):
             "strategy=multi_worker needs TF_CONFIG with 'cluster' and 'task'. Expected e.g. "
             '{"cluster": {"worker": ["host0:port", "host1:port"]}, '
             f'"task": {{"type": "worker", "index": 0}}}}. Received: TF_CONFIG={config!r}')
+    cluster, task = config["cluster"], config["task"]
+    hosts = cluster.get(task.get("type")) if isinstance(cluster, dict) and isinstance(
+        task, dict) else None
+    index = task.get("index", 0) if isinstance(task, dict) else None
+    if not isinstance(hosts, list) or isinstance(index, bool) or not isinstance(index, int) \
+            or not 0 <= index < len(hosts):
+        raise ConfigError(
+            "TF_CONFIG's task must name one of its cluster's hosts. Expected task.type among "
+            f"{sorted(cluster) if isinstance(cluster, dict) else '[]'} and task.index below "
+            f"that job's host count. Received: task={task!r}")
     options = tf.distribute.experimental.CommunicationOptions(
         timeout_seconds=collective_timeout)
     return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
