@@ -15,6 +15,7 @@ import re
 import sys
 import types
 import typing
+import warnings
 
 import yaml
 
@@ -345,6 +346,40 @@ def check_common_keys(config, prefix="", kind=None):
             valid, expected = COMMON_KEY_RULES[field.name]
             if not valid(value):
                 raise ConfigError(f"Expected {key} {expected}. Received: {value!r}")
+
+
+def warn_unused(section, prefix, used, reason):
+    """Warn about keys of ``section`` set away from their defaults that ``reason`` leaves unused.
+
+    A value nobody reads is most often a mistake (``model.depth`` set for
+    ``model.name: simple_cnn``); the run goes on, with a warning naming it.
+
+    Args:
+        section: a config dataclass instance.
+        prefix: str. Its dotted prefix, e.g. ``"model."``.
+        used: iterable of field names the chosen setting reads.
+        reason: str. The chosen setting, e.g. ``"model.name=simple_cnn"``.
+
+    Example:
+
+    >>> import warnings
+    >>> @dataclasses.dataclass
+    ... class Model:
+    ...     name: str = "simple_cnn"
+    ...     depth: int = 20
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     warn_unused(Model(depth=56), "model.", {"name"}, "model.name=simple_cnn")
+    >>> print(caught[0].message)
+    model.depth=56 is not used with model.name=simple_cnn; it has no effect
+    """
+    default = type(section)()
+    unused = [f"{prefix}{f.name}={getattr(section, f.name)!r}" for f in dataclasses.fields(section)
+              if f.name not in set(used) and getattr(section, f.name) != getattr(default, f.name)]
+    if unused:
+        warnings.warn(f"{', '.join(unused)} {'is' if len(unused) == 1 else 'are'} not used with "
+                      f"{reason}; {'it has' if len(unused) == 1 else 'they have'} no effect",
+                      UserWarning, stacklevel=3)
 
 
 def check_checkpoint_interval(seconds):

@@ -106,3 +106,42 @@ def test_every_task_run_names_a_config_of_another_kind(task):
     with pytest.raises(ConfigError, match=r"Expected the config to be \w+Config .* Received: "
                                           r"dict"):
         module.run({"data": {"path": "data/digits"}})
+
+
+@pytest.mark.parametrize("task, overrides, expected", [
+    ("image_classification", ["model.depth=56"],
+     r"model.depth=56 is not used with model.name=simple_cnn"),
+    ("image_classification", ["train.muon_scale=0.1"],
+     r"train.muon_scale=0.1 is not used with train.optimizer=adam"),
+    ("image_classification", ["model.encoder_path=enc.keras", "data.rescale=1.0",
+                              "model.filters=[8]"],
+     r"model.filters=\(8,\) is not used with model.encoder_path"),
+    ("text_classification", ["model.name=gru", "model.d_model=32", "model.ff_dim=64"],
+     r"model.d_model=32, model.ff_dim=64 are not used with model.name=gru; they have"),
+])
+def test_keys_the_chosen_model_does_not_read_are_named(task, overrides, expected):
+    import importlib
+
+    module = importlib.import_module(f"fmkeras.tasks.{task}")
+    cls = next(getattr(module, n) for n in dir(module)
+               if n.endswith("Config") and n.startswith(("ImageClassification", "TextClass")))
+    with pytest.warns(UserWarning, match=expected):
+        module._check_config(config_lib.load_config(cls, None, overrides))
+
+
+def test_presets_set_no_key_their_model_ignores():
+    import importlib
+
+    from fmkeras.train import TASKS
+
+    checked = 0
+    for name in config_lib.list_presets():
+        task = config_lib.read_yaml(config_lib.resolve_config_path(name))["task"]
+        module_name, class_name, _ = TASKS[task]
+        module = importlib.import_module(module_name)
+        config = config_lib.load_config(getattr(module, class_name), name)
+        if task in ("image-classification", "text-classification") \
+                and not config.model.encoder_path:  # (its checks read the encoder's files)
+            module._check_config(config)  # a warning is an error in the test suite
+            checked += 1
+    assert checked >= 5

@@ -19,8 +19,9 @@ from fmkeras.training.callbacks import NonFiniteLossError
 
 def tiny_config(data_path, run_dir, *overrides):
     base = [f"data.path={data_path}", f"run_dir={run_dir}", "data.image_size=8",
-            "data.color_mode=rgb", "data.batch_size=4", "model.filters=[4]",
-            "model.dense_units=8", "train.epochs=2", "train.warmup_epochs=0"]
+            "data.color_mode=rgb", "data.batch_size=4", "train.epochs=2", "train.warmup_epochs=0"]
+    if not any(o.startswith("model.name=") for o in overrides):  # a small simple_cnn
+        base += ["model.filters=[4]", "model.dense_units=8"]
     return config_lib.load_config(task.ImageClassificationConfig, None, base + list(overrides))
 
 

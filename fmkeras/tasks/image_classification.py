@@ -171,6 +171,11 @@ class ImageClassificationConfig(config_lib.RunSettings):
 
 
 MODEL_NAMES = ("simple_cnn", "resnet", "fast_cnn", "mlp")
+# The model keys each builder reads (name and encoder_path always are).
+MODEL_KEYS = {"simple_cnn": ("filters", "dense_units", "dropout"),
+              "resnet": ("depth", "base_filters"), "fast_cnn": ("filters",),
+              "mlp": ("hidden_units", "dropout"),
+              "encoder": ("freeze_encoder", "pooling", "head_units", "dropout")}
 
 
 def build_model(model_config, input_shape, num_classes):
@@ -447,6 +452,25 @@ def _check_config(config):
     if config.data.pipeline not in PIPELINES:
         raise ConfigError(f"Unknown data.pipeline. Expected one of {list(PIPELINES)}. "
                           f"Received: {config.data.pipeline!r}")
+    _warn_unused(config)
+
+
+def _warn_unused(config):
+    """Warn about model and optimizer keys the chosen model and optimizer do not read."""
+    model, train = config.model, config.train
+    builder = "encoder" if model.encoder_path else model.name
+    if builder in MODEL_KEYS:
+        config_lib.warn_unused(
+            model, "model.", ("name", "encoder_path", *MODEL_KEYS[builder]),
+            "model.encoder_path" if model.encoder_path else f"model.name={model.name}")
+    optimizer_keys = {"sgd": ("momentum", "norm_bias_lr_scale"),
+                      "muon": ("momentum", "norm_bias_lr_scale", "muon_scale", "muon_momentum")}
+    others = ("momentum", "norm_bias_lr_scale", "muon_scale", "muon_momentum")
+    config_lib.warn_unused(
+        train, "train.",
+        [f.name for f in dataclasses.fields(train) if f.name not in others]
+        + list(optimizer_keys.get(train.optimizer, ("norm_bias_lr_scale",))),
+        f"train.optimizer={train.optimizer}")
 
 
 def run(config, callbacks=()):

@@ -44,6 +44,10 @@ from fmkeras.training import precision as precision_lib
 
 TASK = "text-classification"
 MODEL_NAMES = ("transformer", "lstm", "gru")
+# The model keys each builder reads besides name, encoder_path, num_layers and dropout.
+MODEL_KEYS = {"transformer": ("d_model", "num_heads", "ff_dim", "pooling"),
+              "lstm": ("embedding_dim", "units", "bidirectional"),
+              "gru": ("embedding_dim", "units", "bidirectional")}
 
 
 @dataclasses.dataclass
@@ -184,6 +188,10 @@ def _check_config(config):
         if getattr(config.data, key) < 1:
             raise ConfigError(f"Expected data.{key} >= 1. Received: {getattr(config.data, key)}")
     transfer.check_lora_config(config.lora)
+    if not config.model.encoder_path:  # (the encoder's own checks name what does not fit)
+        config_lib.warn_unused(config.model, "model.", ("name", "encoder_path", "num_layers",
+                                                        "dropout", *MODEL_KEYS[config.model.name]),
+                               f"model.name={config.model.name}")
 
 
 def run(config, callbacks=()):
