@@ -145,3 +145,11 @@ def test_presets_set_no_key_their_model_ignores():
             module._check_config(config)  # a warning is an error in the test suite
             checked += 1
     assert checked >= 5
+
+
+def test_lora_settings_without_a_rank_are_named():
+    from fmkeras.tasks import transfer
+
+    with pytest.warns(UserWarning, match=r"lora.patterns=\['\*query\*'\] is not used with "
+                                         r"lora.rank=0 \(LoRA off\)"):
+        transfer.check_lora_config(transfer.LoRAConfig(rank=0, patterns=["*query*"]))

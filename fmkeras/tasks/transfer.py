@@ -23,6 +23,7 @@ import os
 
 import numpy as np
 
+from fmkeras import config as config_lib
 from fmkeras import saving
 from fmkeras.errors import ConfigError
 from fmkeras.training import compression
@@ -200,6 +201,8 @@ def check_lora_config(lora_config):
         raise ConfigError(f"Expected lora.alpha > 0 or null. Received: {lora_config.alpha}")
     if lora_config.rank and not lora_config.patterns:
         raise ConfigError("Expected at least one lora.patterns entry. Received: []")
+    if not lora_config.rank:
+        config_lib.warn_unused(lora_config, "lora.", ("rank",), "lora.rank=0 (LoRA off)")
 
 
 def apply_lora(model, lora_config):
