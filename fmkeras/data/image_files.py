@@ -108,7 +108,18 @@ def header_problem(path, max_pixels=MAX_PIXELS):
 
 
 def decode_all(paths, load, keep):
-    """Decode every file in parallel; return (indices that decoded, their images or None)."""
+    """Decode every file in parallel; return (indices that decoded, their images or None).
+
+    Files that ``load`` fails on are left out; ``keep=False`` skips holding
+    the images.
+
+    Example:
+
+    >>> load = lambda path: tf.io.decode_png(tf.io.read_file(path), channels=1)
+    >>> ok, images = decode_all(["data/digits/train/0/0000.png", "/no/file.png"], load, keep=True)
+    >>> ok.tolist(), images.shape
+    ([0], (1, 8, 8, 1))
+    """
     def decode(index, path):
         image = load(path)
         return index, image if keep else tf.zeros([], tf.uint8)
@@ -126,6 +137,18 @@ def decode_all(paths, load, keep):
 
 
 def decode_error(load, path):
+    """Why ``load`` cannot decode ``path``, as one line for the list of bad files.
+
+    Example:
+
+    >>> import tempfile
+    >>> load = lambda path: tf.io.decode_png(tf.io.read_file(path))
+    >>> with tempfile.NamedTemporaryFile(suffix=".png") as f:
+    ...     _ = f.write(b"not an image")
+    ...     f.flush()
+    ...     print(decode_error(load, f.name))  # doctest: +ELLIPSIS
+    cannot be decoded: Unknown image file format...
+    """
     try:
         load(tf.constant(path))
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as err:
@@ -175,6 +198,16 @@ def read_images(paths, load, cache, validate, max_bad_fraction, bad=()):
 
     Bad files are skipped with one warning listing each and why; above
     ``max_bad_fraction`` a :class:`DataError` carries the same list.
+
+    Example:
+
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     good, _ = read_images(["data/digits/train/0/0000.png", "/no/file.png"], load=None,
+    ...                           cache=False, validate=False, max_bad_fraction=0.5)
+    >>> good.tolist(), str(caught[0].message).splitlines()[0]
+    ([0], 'Skipping 1 of 2 image files that cannot be used:')
     """
     good, images, found = scan_images(paths, load, decode=validate, keep=cache)
     bad = list(bad) + found

@@ -33,6 +33,12 @@ class DirectoryIndex:
         labels: np.ndarray of int32. Class index of each file.
         class_names: list of str. Sorted class folder names; the position is
             the class index.
+
+    Example:
+
+    >>> index = DirectoryIndex("data/digits/train", ["0/0000.png"], np.zeros(1, np.int32), ["0"])
+    >>> index.paths, len(index)
+    (['data/digits/train/0/0000.png'], 1)
     """
 
     directory: str
@@ -193,7 +199,13 @@ def _to_channels(image, channels):
 
 
 def check_color_mode(color_mode):
-    """Return the channel count of ``color_mode`` or raise a clear error."""
+    """Return the channel count of ``color_mode`` or raise a clear error.
+
+    Example:
+
+    >>> check_color_mode("grayscale"), check_color_mode("rgb")
+    (1, 3)
+    """
     if color_mode not in COLOR_MODES:
         raise DataError(
             f"Unknown color_mode. Expected one of {sorted(COLOR_MODES)}. "

@@ -66,6 +66,13 @@ class ReadReport:
             ``undecodable``, ``nul_bytes``, ``bom``, ``crlf``, ``truncated``.
         examples: dict of str to list of str. Up to five
             ``"path:line: detail"`` strings per problem.
+
+    Example:
+
+    >>> report = ReadReport(paths=["a.tsv"], lines=3, records=2)
+    >>> report.add("empty_line", "a.tsv:2")
+    >>> report.summary()
+    'read 2 records from 3 lines of a.tsv; empty_line=1 (e.g. a.tsv:2)'
     """
 
     paths: list = dataclasses.field(default_factory=list)
@@ -167,6 +174,13 @@ class ParallelText:
         sources: list of str. Source sentences.
         targets: list of str. Target sentences, same length as ``sources``.
         report: ReadReport. What the reader met.
+
+    Example:
+
+    >>> pairs = ParallelText(["hi", "bye", "yes", "no"], ["hola", "adiós", "sí", "no"])
+    >>> parts = pairs.split(validation_split=0.25, test_split=0.25, seed=0)
+    >>> len(pairs), [len(parts[k]) for k in ("train", "validation", "test")]
+    (4, [2, 1, 1])
     """
 
     sources: list
@@ -193,6 +207,14 @@ class LabelledText:
         labels: np.ndarray of int32. Index into ``class_names`` per text.
         class_names: list of str. Sorted label names.
         report: ReadReport. What the reader met.
+
+    Example:
+
+    >>> data = LabelledText(["hello", "hola", "bye", "adiós"], np.array([0, 1, 0, 1]),
+    ...                     ["en", "es"])
+    >>> test = data.split(validation_split=0.0, test_split=0.5, seed=0)["test"]
+    >>> [data.class_names[i] for i in sorted(test.labels)]  # stratified: one of each label
+    ['en', 'es']
     """
 
     texts: list

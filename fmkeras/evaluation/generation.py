@@ -39,6 +39,13 @@ class FeatureExtractor:
             `(features, probabilities)` as NumPy arrays; `probabilities` may
             be None when the extractor has no classifier head.
         model: keras.Model or None. The network behind `apply`, if any.
+
+    Example:
+
+    >>> flatten = FeatureExtractor("flatten", lambda x: (x.reshape(len(x), -1), None))
+    >>> features, probabilities = flatten(np.zeros((2, 4, 4, 1)))
+    >>> features.shape, probabilities
+    ((2, 16), None)
     """
 
     name: str
@@ -57,6 +64,13 @@ class FeatureStatistics:
         mean: np.ndarray. `(d,)`, float64.
         covariance: np.ndarray. `(d, d)`, float64, unbiased (n - 1).
         count: int. Number of feature vectors.
+
+    Example:
+
+    >>> real = FeatureStatistics(mean=np.zeros(2), covariance=np.eye(2), count=100)
+    >>> fake = FeatureStatistics(mean=np.ones(2), covariance=np.eye(2), count=100)
+    >>> round(fid(real, fake, extractor=None), 6)  # precomputed: no extractor needed
+    2.0
     """
 
     mean: np.ndarray

@@ -123,6 +123,12 @@ def apply_basic_block(x, filters, strides, dtype, name):
 
     Returns:
         The output tensor.
+
+    Example:
+
+    >>> x = apply_basic_block(keras.Input((8, 8, 16)), 32, strides=2, dtype=None, name="block")
+    >>> tuple(x.shape)
+    (None, 4, 4, 32)
     """
     shortcut = x
     y = _conv_bn(x, filters, strides, dtype, f"{name}_1")

@@ -19,26 +19,60 @@ _PACKAGE = "fmkeras"
 
 
 def check_positive(**values):
-    """Raises ValueError unless every keyword value is a positive int."""
+    """Raises ValueError unless every keyword value is a positive int.
+
+    Example:
+
+    >>> check_positive(d_model=64, num_heads=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: Expected num_heads to be a positive integer. Received: num_heads=0
+    """
     for key, value in values.items():
         check_positive_int(key, value)
 
 
 def check_rate(**values):
-    """Raises ValueError unless every keyword value is a number in [0, 1)."""
+    """Raises ValueError unless every keyword value is a number in [0, 1).
+
+    Example:
+
+    >>> check_rate(dropout=0.1)
+    >>> check_rate(dropout=1.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: Expected dropout in [0, 1). Received: dropout=1.0
+    """
     for key, value in values.items():
         _check_rate(key, value)
 
 
 def check_classes(num_classes):
-    """Raises ValueError unless ``num_classes`` is an int >= 2."""
+    """Raises ValueError unless ``num_classes`` is an int >= 2.
+
+    Example:
+
+    >>> check_classes(2)
+    >>> check_classes(1)
+    Traceback (most recent call last):
+    ...
+    ValueError: Expected `num_classes` to be an integer >= 2. Received: num_classes=1
+    """
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
         raise ValueError(
             f"Expected `num_classes` to be an integer >= 2. Received: num_classes={num_classes!r}")
 
 
 def check_choice(key, value, choices):
-    """Raises ValueError unless ``value`` is one of ``choices``."""
+    """Raises ValueError unless ``value`` is one of ``choices``.
+
+    Example:
+
+    >>> check_choice("pooling", "max", ("cls", "mean"))
+    Traceback (most recent call last):
+    ...
+    ValueError: Expected `pooling` to be one of ['cls', 'mean']. Received: pooling='max'
+    """
     if value not in choices:
         raise ValueError(
             f"Expected `{key}` to be one of {list(choices)}. Received: {key}={value!r}")

@@ -75,6 +75,17 @@ class MLMRun:
         settings: dict. ``d_model``, ``num_heads``, ``ff_dim``,
             ``num_layers``, ``sequence_length`` and ``vocab_size`` of the
             encoder.
+
+    Example:
+
+    >>> from fmkeras.tasks.text_classification import TextModelConfig
+    >>> settings = dict(d_model=64, num_heads=4, ff_dim=128, num_layers=2, sequence_length=32,
+    ...                 vocab_size=3)  # as load_mlm_run reads them from a run
+    >>> run = MLMRun("mlm.keras", model=None, vocabulary=["", "[UNK]", "[mask]"], settings=settings)
+    >>> run.check_fits(TextModelConfig(num_layers=1), sequence_length=32)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    fmkeras.errors.ConfigError: The classifier ... Expected model.num_layers=2. Received: ...
     """
 
     model_path: str
@@ -194,7 +205,16 @@ class LoRAConfig:
 
 
 def check_lora_config(lora_config):
-    """Raise :class:`ConfigError` for LoRA settings that cannot work."""
+    """Raise :class:`ConfigError` for LoRA settings that cannot work.
+
+    Example:
+
+    >>> check_lora_config(LoRAConfig(rank=4))
+    >>> check_lora_config(LoRAConfig(rank=-1))
+    Traceback (most recent call last):
+    ...
+    fmkeras.errors.ConfigError: Expected lora.rank >= 0 (0: off). Received: -1
+    """
     if not isinstance(lora_config.rank, int) or lora_config.rank < 0:
         raise ConfigError(f"Expected lora.rank >= 0 (0: off). Received: {lora_config.rank!r}")
     if lora_config.alpha is not None and lora_config.alpha <= 0:
@@ -272,7 +292,16 @@ class CompressionConfig:
 
 
 def check_compression_config(compression_config):
-    """Raise :class:`ConfigError` for compression settings that cannot work."""
+    """Raise :class:`ConfigError` for compression settings that cannot work.
+
+    Example:
+
+    >>> check_compression_config(CompressionConfig(quantize="int8", prune_sparsity=0.5))
+    >>> check_compression_config(CompressionConfig(prune_sparsity=1.0))
+    Traceback (most recent call last):
+    ...
+    fmkeras.errors.ConfigError: Expected 0 <= compression.prune_sparsity < 1. Received: 1.0
+    """
     c = compression_config
     if not 0.0 <= c.prune_sparsity < 1.0:
         raise ConfigError(f"Expected 0 <= compression.prune_sparsity < 1. "
@@ -295,6 +324,14 @@ def measure(model, images, labels, batch_size=32):
         dict with ``accuracy``, ``keras_bytes``, ``gzip_bytes`` and
         ``latency_ms`` (median ms per ``predict_on_batch`` of
         ``batch_size`` test inputs).
+
+    Example:
+
+    >>> import keras
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    >>> result = measure(model, np.zeros((4, 4)), np.zeros(4, int), batch_size=2)  # class 0
+    >>> result["accuracy"], sorted(result)
+    (1.0, ['accuracy', 'gzip_bytes', 'keras_bytes', 'latency_ms'])
     """
     probabilities = model.predict(images, batch_size=batch_size, verbose=0)
     accuracy = float(np.mean(np.argmax(probabilities, -1) == np.asarray(labels)))

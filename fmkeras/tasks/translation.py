@@ -158,15 +158,31 @@ class SmoothedSparseCrossentropy(keras.losses.Loss):
 
 
 def text_loss(label_smoothing):
-    """The sparse cross-entropy used by the text tasks (smoothed when asked)."""
+    """The sparse cross-entropy used by the text tasks (smoothed when asked).
+
+    Example:
+
+    >>> type(text_loss(0.1)).__name__, type(text_loss(0.0)).__name__
+    ('SmoothedSparseCrossentropy', 'SparseCategoricalCrossentropy')
+    """
     if label_smoothing:
         return SmoothedSparseCrossentropy(label_smoothing)
     return keras.losses.SparseCategoricalCrossentropy()
 
 
 def check_train_config(train):
-    """Raise :class:`ConfigError` for ``train.epochs`` < 1 (ranges of shared keys:
-    :func:`fmkeras.config.check_common_keys`)."""
+    """Raise :class:`ConfigError` for ``train.epochs`` < 1.
+
+    The ranges of the shared keys are checked by
+    :func:`fmkeras.config.check_common_keys`.
+
+    Example:
+
+    >>> check_train_config(TextTrainConfig(epochs=0))
+    Traceback (most recent call last):
+    ...
+    fmkeras.errors.ConfigError: Expected train.epochs >= 1. Received: 0
+    """
     if train.epochs < 1:
         raise ConfigError(f"Expected train.epochs >= 1. Received: {train.epochs}")
 
@@ -176,6 +192,13 @@ def compile_text_model(model, config, train_samples, metrics=("accuracy",), dist
 
     Call it under ``dist.scope()``; ``dist`` (a ``Distribution``) sets the
     global batch the schedule counts steps with.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    >>> model = compile_text_model(model, TranslationConfig(), train_samples=128)
+    >>> type(model.optimizer).__name__, type(model.loss).__name__
+    ('Adam', 'SparseCategoricalCrossentropy')
     """
     train = config.train
     batch = dist.global_batch(config.data.batch_size) if dist else config.data.batch_size
@@ -303,7 +326,13 @@ def load_corpus(config):
 
 
 def translate_texts(translate, texts, batch_size):
-    """Translate a list of str in batches with a function from ``translator_fn``."""
+    """Translate a list of str in batches with a function from ``translator_fn``.
+
+    Example:
+
+    >>> translate_texts(tf.strings.upper, ["one", "two", "three"], batch_size=2)  # a stand-in
+    ['ONE', 'TWO', 'THREE']
+    """
     out = []
     for start in range(0, len(texts), batch_size):
         batch = tf.constant(texts[start:start + batch_size])
@@ -312,7 +341,15 @@ def translate_texts(translate, texts, batch_size):
 
 
 def sample_table(sources, references, hypotheses, rows=SAMPLE_TRANSLATIONS):
-    """A markdown table of the first ``rows`` source / reference / model triples."""
+    """A markdown table of the first ``rows`` source / reference / model triples.
+
+    Example:
+
+    >>> print(sample_table(["yes or no"], ["sí o no"], ["sí | no"]))
+    | source | reference | model |
+    |---|---|---|
+    | yes or no | sí o no | sí \\| no |
+    """
     def cell(text):
         return text.replace("|", "\\|")
     lines = ["| source | reference | model |", "|---|---|---|"]
@@ -322,7 +359,13 @@ def sample_table(sources, references, hypotheses, rows=SAMPLE_TRANSLATIONS):
 
 
 def report_counts(report):
-    """The read report's counts as flat ``data_<problem>`` metrics."""
+    """The read report's counts as flat ``data_<problem>`` metrics.
+
+    Example:
+
+    >>> report_counts(text_data.ReadReport(lines=3, records=2, counts={"empty_line": 1}))
+    {'data_lines': 3, 'data_records': 2, 'data_empty_line': 1}
+    """
     counts = {"data_lines": report.lines, "data_records": report.records}
     counts.update({f"data_{name}": n for name, n in sorted(report.counts.items())})
     return counts

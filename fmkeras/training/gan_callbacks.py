@@ -64,7 +64,17 @@ def images_to_grid(images, columns=None, padding=1):
 
 
 def save_png(image, path):
-    """Writes a `(height, width, 1 or 3)` uint8 array as a PNG file."""
+    """Writes a `(height, width, 1 or 3)` uint8 array as a PNG file.
+
+    Example:
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     save_png(np.zeros((4, 6, 1), np.uint8), os.path.join(folder, "sample.png"))
+    ...     with Image.open(os.path.join(folder, "sample.png")) as image:
+    ...         print(image.size, image.mode)
+    (6, 4) L
+    """
     image = image[..., 0] if image.shape[-1] == 1 else image
     Image.fromarray(image).save(path, format="PNG")
 
