@@ -30,6 +30,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from fmkeras.train import positive
+
 ARCHIVE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
                        "shared", "datasets", "cifar10-train-jpg.tar.gz")
 EXTRACTED = os.path.join(tempfile.gettempdir(), "fmkeras-cifar10")
@@ -121,9 +123,10 @@ def tta_accuracy(model, test):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=15.0, help="training time budget")
-    parser.add_argument("--images", type=int, default=None, help="train on a subset")
-    parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
+    parser.add_argument("--minutes", type=positive(float), default=15.0,
+                        help="training time budget")
+    parser.add_argument("--images", type=positive(int), default=None, help="train on a subset")
+    parser.add_argument("--epochs", type=positive(int), default=None, help="override train.epochs")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a preset key, as in python -m fmkeras.train "
                              "(e.g. --set model.filters=[64,128,128])")

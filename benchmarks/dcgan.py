@@ -41,6 +41,7 @@ import numpy as np  # noqa: E402
 from fmkeras.data import images as image_data  # noqa: E402
 from fmkeras.evaluation import generation  # noqa: E402
 from fmkeras.tasks import image_generation as ig  # noqa: E402
+from fmkeras.train import positive
 from fmkeras.training import gan_callbacks  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -99,15 +100,15 @@ class TimeBudget(keras.callbacks.Callback):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--minutes", type=float, default=10.0, help="training budget")
+    parser.add_argument("--minutes", type=positive(float), default=10.0, help="training budget")
     parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results",
                                                       "dcgan_samples.png"))
     parser.add_argument("--archive", default=ARCHIVE)
     parser.add_argument("--extract-to", default="/tmp/fmkeras-cifar10")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--base-filters", type=int, default=32)
-    parser.add_argument("--latent-dim", type=int, default=100)
-    parser.add_argument("--classifier-epochs", type=int, default=8)
+    parser.add_argument("--batch-size", type=positive(int), default=64)
+    parser.add_argument("--base-filters", type=positive(int), default=32)
+    parser.add_argument("--latent-dim", type=positive(int), default=100)
+    parser.add_argument("--classifier-epochs", type=positive(int), default=8)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if not os.path.isfile(args.archive):

@@ -38,6 +38,7 @@ from PIL import Image  # noqa: E402
 
 from fmkeras.data.archives import safe_extract  # noqa: E402
 from fmkeras.data.image_data_generator import ImageDataGenerator  # noqa: E402
+from fmkeras.train import positive
 
 ARCHIVE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets",
                        "cifar10-train-jpg.tar.gz")
@@ -159,12 +160,12 @@ def run(size, directory, batch_size, measure_batches, fit_steps):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=5000, help="images in the subset")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 224])
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--measure-batches", type=int, default=10**9,
+    parser.add_argument("--images", type=positive(int), default=5000, help="images in the subset")
+    parser.add_argument("--sizes", type=positive(int), nargs="+", default=[32, 224])
+    parser.add_argument("--batch-size", type=positive(int), default=32)
+    parser.add_argument("--measure-batches", type=positive(int), default=10**9,
                         help="batches timed per pipeline (default: one epoch)")
-    parser.add_argument("--fit-steps", type=int, default=50)
+    parser.add_argument("--fit-steps", type=positive(int), default=50)
     parser.add_argument("--workdir", default="/tmp/cifar10")
     parser.add_argument("--archive", default=ARCHIVE)
     args = parser.parse_args(argv)

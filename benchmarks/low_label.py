@@ -41,6 +41,8 @@ import sys
 import tempfile
 import time
 
+from fmkeras.train import positive
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = os.path.join(REPO, "data", "digits")
 
@@ -172,17 +174,17 @@ def summarise(rows):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=DIGITS, help="folder with train/ and test/")
-    parser.add_argument("--label-fraction", type=float, nargs="+", default=[0.1])
-    parser.add_argument("--epochs", type=int, default=30, help="supervised epochs")
-    parser.add_argument("--simclr-epochs", type=int, default=100)
+    parser.add_argument("--label-fraction", type=positive(float), nargs="+", default=[0.1])
+    parser.add_argument("--epochs", type=positive(int), default=30, help="supervised epochs")
+    parser.add_argument("--simclr-epochs", type=positive(int), default=100)
     parser.add_argument("--backbone", default="simple_cnn",
                         help="simple_cnn (the digits_cnn preset's model) or cifar_resnet8/14/20")
-    parser.add_argument("--image-size", type=int, default=16)
+    parser.add_argument("--image-size", type=positive(int), default=16)
     parser.add_argument("--color-mode", default="grayscale")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="one run per seed: which images keep labels, and training")
-    parser.add_argument("--learning-rate", type=float, default=0.002)
-    parser.add_argument("--probe-learning-rate", type=float, default=0.01,
+    parser.add_argument("--learning-rate", type=positive(float), default=0.002)
+    parser.add_argument("--probe-learning-rate", type=positive(float), default=0.01,
                         help="learning rate of the linear probe (only the head trains)")
     parser.add_argument("--weights", choices=["imagenet"], help="also fine-tune these weights")
     parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results",

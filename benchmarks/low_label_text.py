@@ -46,6 +46,8 @@ import time
 
 import numpy as np
 
+from fmkeras.train import positive
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_CORPUS = os.path.normpath(os.path.join(REPO, "..", "shared", "datasets",
                                               "gettext-langid-train.tsv"))
@@ -195,26 +197,32 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", help="TSV with text and label columns "
                         "(default: the shared corpus if present, else the embedded sample)")
-    parser.add_argument("--per-class", type=int, default=20, help="labelled texts per language")
-    parser.add_argument("--test-per-class", type=int, default=100)
-    parser.add_argument("--epochs", type=int, default=30, help="classifier epochs (all three)")
-    parser.add_argument("--batch-size", type=int, default=16, help="classifier batch")
-    parser.add_argument("--learning-rate", type=float, default=1e-3,
+    parser.add_argument("--per-class", type=positive(int), default=20,
+                        help="labelled texts per language")
+    parser.add_argument("--test-per-class", type=positive(int), default=100)
+    parser.add_argument("--epochs", type=positive(int), default=30,
+                        help="classifier epochs (all three)")
+    parser.add_argument("--batch-size", type=positive(int), default=16, help="classifier batch")
+    parser.add_argument("--learning-rate", type=positive(float), default=1e-3,
                         help="scratch and mlm_full")
     parser.add_argument("--lora-rank", type=int, default=4)
-    parser.add_argument("--lora-learning-rate", type=float, default=5e-3)
+    parser.add_argument("--lora-learning-rate", type=positive(float), default=5e-3)
     parser.add_argument("--mlm-texts", type=int, default=60000,
                         help="most pretraining texts (0: the whole training portion)")
-    parser.add_argument("--mlm-epochs", type=int, default=2)
-    parser.add_argument("--mlm-learning-rate", type=float, default=2e-3)
-    parser.add_argument("--mask-rate", type=float, default=0.15)
-    parser.add_argument("--max-tokens", type=int, default=8000, help="MLM vocabulary size")
+    parser.add_argument("--mlm-epochs", type=positive(int), default=2)
+    parser.add_argument("--mlm-learning-rate", type=positive(float), default=2e-3)
+    parser.add_argument("--mask-rate", type=positive(float), default=0.15)
+    parser.add_argument("--max-tokens", type=positive(int), default=8000,
+                        help="MLM vocabulary size")
     parser.add_argument("--seed", type=int, default=0, help="which texts go where")
     parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results",
                                                       "low_label_text.json"))
     args = parser.parse_args(argv)
 
-    corpus, note = choose_corpus(args.corpus)
+    try:
+        corpus, note = choose_corpus(args.corpus)
+    except FileNotFoundError as error:
+        parser.error(str(error))
     print(note, flush=True)
     import keras
     import tensorflow as tf

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from fmkeras import models
+from fmkeras.train import positive
 from fmkeras.training import distribute
 
 
@@ -58,8 +59,8 @@ def machine():
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=positive(int), default=10)
+    parser.add_argument("--batch", type=positive(int), default=32)
     args = parser.parse_args(argv)
     print(f"machine: {machine()}")
     print(f"batch {args.batch}, {args.steps} timed steps\n")

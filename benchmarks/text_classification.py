@@ -26,6 +26,7 @@ from dcgan import TimeBudget, machine  # noqa: E402
 
 from fmkeras import config as config_lib  # noqa: E402
 from fmkeras.tasks import text_classification as tc  # noqa: E402
+from fmkeras.train import positive  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPUS = os.path.join(os.path.dirname(REPO), "shared", "datasets", "gettext-langid-train.tsv")
@@ -53,10 +54,14 @@ def run_model(name, path, minutes):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=10.0, help="training budget per model")
+    parser.add_argument("--minutes", type=positive(float), default=10.0,
+                        help="training budget per model")
     parser.add_argument("--data", default=CORPUS, help="text<TAB>label file")
     parser.add_argument("--models", default="transformer,lstm", help="comma-separated")
     args = parser.parse_args(argv)
+    unknown = [name for name in args.models.split(",") if name not in PRESETS]
+    if unknown:
+        parser.error(f"unknown --models {unknown}; expected some of {sorted(PRESETS)}")
     if not os.path.isfile(args.data):
         print(f"Skipping: the shared corpus is absent (expected {args.data}).")
         return 0

@@ -33,6 +33,7 @@ import tensorflow as tf  # noqa: E402
 from fmkeras.config import load_config  # noqa: E402
 from fmkeras.models import simple_cnn  # noqa: E402
 from fmkeras.tasks import image_classification  # noqa: E402
+from fmkeras.train import positive
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -112,17 +113,20 @@ def cifar_subset(per_class, root):
     return root
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=os.path.join(REPO, "data", "digits"))
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--image-size", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--epochs", type=positive(int), default=6)
+    parser.add_argument("--image-size", type=positive(int), default=16)
+    parser.add_argument("--batch-size", type=positive(int), default=32)
+    parser.add_argument("--repeats", type=positive(int), default=2)
     parser.add_argument("--color-mode", default="grayscale", choices=["grayscale", "rgb"])
-    parser.add_argument("--cifar", type=int, metavar="PER_CLASS",
+    parser.add_argument("--cifar", type=positive(int), metavar="PER_CLASS",
                         help="use PER_CLASS CIFAR-10 images per class (32x32 RGB)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if not args.cifar and not os.path.isdir(args.data):
+        parser.error(f"--data must be a folder of class folders (or train/ and test/). "
+                     f"Received: {args.data!r}")
     if args.cifar:
         args.data = cifar_subset(args.cifar, tempfile.mkdtemp(prefix="fmkeras-cifar-"))
         args.color_mode, args.image_size = "rgb", 32

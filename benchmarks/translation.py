@@ -27,6 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from dcgan import TimeBudget, machine  # noqa: E402
 
 from fmkeras.tasks import translation  # noqa: E402
+from fmkeras.train import positive  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPUS = os.path.join(os.path.dirname(REPO), "shared", "datasets", "gettext-en-es-train.tsv")
@@ -34,10 +35,11 @@ CORPUS = os.path.join(os.path.dirname(REPO), "shared", "datasets", "gettext-en-e
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=10.0, help="training budget")
+    parser.add_argument("--minutes", type=positive(float), default=10.0, help="training budget")
     parser.add_argument("--data", default=CORPUS, help="source<TAB>target corpus")
     parser.add_argument("--beam", type=int, default=0, help="beam width (0: greedy)")
-    parser.add_argument("--max-test", type=int, default=1000, help="test sentences scored")
+    parser.add_argument("--max-test", type=positive(int), default=1000,
+                        help="test sentences scored")
     parser.add_argument("--run-dir", default=None, help="default: a temporary folder")
     args = parser.parse_args(argv)
     if not os.path.isfile(args.data):

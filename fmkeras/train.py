@@ -73,6 +73,37 @@ def _plain_warnings():
         warnings.formatwarning = default
 
 
+def positive(kind=int):
+    """An ``argparse`` type for numbers of ``kind`` above 0 (budgets, counts).
+
+    A bad value stops the parser with a one-line usage error naming it.
+
+    Example:
+
+    >>> parser = argparse.ArgumentParser()
+    >>> _ = parser.add_argument("--minutes", type=positive(float))
+    >>> parser.parse_args(["--minutes", "2.5"]).minutes
+    2.5
+    >>> positive(int)("0")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: expected an int above 0, received '0'
+    """
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not value > 0:
+            raise argparse.ArgumentTypeError(
+                f"expected {'an' if kind is int else 'a'} {kind.__name__} above 0, "
+                f"received {text!r}")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
 def build_parser():
     """The argument parser (its ``--help`` lists tasks and presets).
 

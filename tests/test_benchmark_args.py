@@ -1,0 +1,28 @@
+"""Benchmark scripts refuse bad arguments with a one-line usage error (exit 2), not a traceback."""
+
+import os
+
+import pytest
+from conftest import REPO, load_script
+
+
+@pytest.mark.parametrize("script, argv, fragment", [
+    ("cifar10_fast.py", ["--minutes", "-1"], "argument --minutes: expected a float above 0"),
+    ("dcgan.py", ["--batch-size", "x"], "argument --batch-size: expected an int above 0, "
+                                        "received 'x'"),
+    ("image_pipeline.py", ["--sizes", "32", "0"], "argument --sizes: expected an int above 0"),
+    ("low_label.py", ["--epochs", "0"], "argument --epochs: expected an int above 0"),
+    ("low_label_text.py", ["--corpus", "/no/such.tsv"], "Corpus not found"),
+    ("precision.py", ["--steps", "0"], "argument --steps: expected an int above 0"),
+    ("text_classification.py", ["--models", "xyz"], "unknown --models ['xyz']"),
+    ("train_overhead.py", ["--data", "/no/such/folder"], "--data must be a folder"),
+    ("translation.py", ["--max-test", "-3"], "argument --max-test: expected an int above 0"),
+])
+def test_bad_arguments_stop_with_a_usage_error(capsys, monkeypatch, script, argv, fragment):
+    monkeypatch.syspath_prepend(os.path.join(REPO, "benchmarks"))  # as when run as a script
+    module = load_script("benchmarks", script)
+    with pytest.raises(SystemExit) as info:
+        module.main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert fragment in err and "Traceback" not in err
