@@ -1,6 +1,7 @@
 """Image classification from a saved encoder (e.g. pretrain-simclr's encoder.keras)."""
 
 import json
+import os
 import pathlib
 
 import keras
@@ -80,8 +81,9 @@ def test_image_classification_starts_from_a_saved_encoder(images, encoder_file, 
 
 
 def test_frozen_encoder_trains_only_the_head(images, encoder_file, tmp_path):
+    folder = os.path.dirname(encoder_file)  # a pretrain-simclr run folder is enough
     result = image_task.run(image_config(images, str(tmp_path / "run"),
-                                         f"model.encoder_path={encoder_file}",
+                                         f"model.encoder_path={folder}",
                                          "model.freeze_encoder=true", "export.enabled=false"))
     assert result.metrics["trainable_parameters"] == 4 * 2 + 2
     saved = saving.load_model(encoder_file, compile=False).get_layer("conv").get_weights()[0]
@@ -97,6 +99,13 @@ def test_flatten_head_with_a_hidden_layer(images, encoder_file, tmp_path):
     # conv output 6x6x4 flattened -> Dense(5) -> Dense(2)
     assert result.metrics["trainable_parameters"] == (6 * 6 * 4 * 5 + 5) + (5 * 2 + 2)
     assert result.model.get_layer("hidden").units == 5
+
+
+def test_a_folder_without_an_encoder_is_named(images, tmp_path):
+    with pytest.raises(ConfigError, match="or a pretrain-simclr run folder holding "
+                                          "encoder.keras. Received: model.encoder_path="):
+        image_task.run(image_config(images, str(tmp_path / "run"),
+                                    f"model.encoder_path={tmp_path}"))
 
 
 @pytest.mark.parametrize("override, match", [

@@ -96,7 +96,7 @@ class ImageModelConfig:
     """Which builder and its main hyper-parameters.
 
     ``encoder_path`` (a ``.keras`` encoder taking ``[0, 255]`` pixels, e.g.
-    ``<simclr run>/encoder.keras``) takes precedence over ``name``: the
+    ``<simclr run>/encoder.keras``, or that run's folder) takes precedence over ``name``: the
     classifier is ``pooling`` (``avg``, ``max`` or ``flatten``), a ReLU
     layer of ``head_units`` (0: none), ``dropout`` and a softmax on that
     encoder, which is trained too unless ``freeze_encoder``. It needs

@@ -34,7 +34,8 @@ def load_encoder(path, input_shape, key="model.encoder_path"):
     """Load a saved ``.keras`` encoder (safe mode, uncompiled) that takes ``input_shape``.
 
     Args:
-        path: str. The ``.keras`` file, e.g. ``<simclr run>/encoder.keras``.
+        path: str. The ``.keras`` file, e.g. ``<simclr run>/encoder.keras``, or
+            a ``pretrain-simclr`` run folder (its ``encoder.keras`` is read).
         input_shape: ``(height, width, channels)`` of the data.
         key: str. The config key named in errors.
 
@@ -53,8 +54,12 @@ def load_encoder(path, input_shape, key="model.encoder_path"):
     ...     print(str(err).split(". ")[0])
     Encoder not found
     """
+    given = path
+    if os.path.isdir(path):
+        path = os.path.join(path, "encoder.keras")
     if not os.path.isfile(path):
-        raise ConfigError(f"Encoder not found. Expected a .keras file. Received: {key}={path!r}")
+        raise ConfigError(f"Encoder not found. Expected a .keras file, or a pretrain-simclr run "
+                          f"folder holding encoder.keras. Received: {key}={given!r}")
     encoder = saving.load_model(path, compile=False)
     if tuple(encoder.input_shape[1:]) != tuple(input_shape):
         raise ConfigError(
