@@ -115,8 +115,10 @@ def test_labelled_tsv_and_csv(tmp_path):
     assert data.texts == ["hola, amigo", "two\nlines", "hello"]
     assert list(data.labels) == [0, 1, 1]
     bad = write(tmp_path / "b.tsv", b"sentence\tlang\nhola\tes\n")
-    with pytest.raises(DataError, match=r"columns 'text' and 'label'.*Received: \['sentence'"):
+    with pytest.raises(DataError, match=r"columns 'text' and 'label'.*data.text_column, "
+                                        r"data.label_column.*Received: \['sentence'"):
         read_labelled_text(bad)
+    assert read_labelled_text(bad, "sentence", "lang").class_names == ["es"]
 
 
 def test_labelled_text_folder(tmp_path):

@@ -385,7 +385,8 @@ def _read_labelled_table(path, text_column, label_column, max_chars, report):
             if text_column not in header or label_column not in header:
                 raise DataError(
                     f"Expected a header with columns {text_column!r} and {label_column!r} in "
-                    f"{path}. Received: {header}")
+                    f"{path} (other names: data.text_column, data.label_column; a .csv is "
+                    f"comma-separated, a .tsv tab-separated). Received: {header}")
             columns = header.index(text_column), header.index(label_column)
             continue
         if len(row) <= max(columns) or not row[columns[0]].strip() \
