@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from fmkeras.config import is_count
 from fmkeras.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -223,7 +224,7 @@ def check_image_size(image_size):
     """
     size = (image_size, image_size) if isinstance(image_size, int) else image_size
     if (not isinstance(size, (tuple, list)) or len(size) != 2
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)):
+            or not all(is_count(s, 1) for s in size)):
         raise DataError(f"Expected image_size to be a positive int or (height, width) of "
                         f"positive ints. Received: image_size={image_size!r}")
     return tuple(size)
@@ -374,7 +375,7 @@ def image_dataset(source, image_size, batch_size=32, color_mode="rgb", shuffle=F
     TensorShape([8, 16, 16, 1])
     """
     image_size = check_image_size(image_size)
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+    if not is_count(batch_size, 1):
         raise DataError(f"Expected a positive batch_size. Received: batch_size={batch_size!r}")
     settings = dict(image_size=image_size, batch_size=batch_size, color_mode=color_mode,
                     seed=seed, cache=cache, rescale=rescale, label_mode=label_mode)
@@ -586,7 +587,7 @@ def batch_pipeline(ds, batch_size, cache=True, shuffle_buffer=0, seed=0, num_cla
     >>> next(iter(batch_pipeline(ds, 2, num_classes=2, label_mode="categorical")))[1].shape
     TensorShape([2, 2])
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if not is_count(batch_size, 1):
         raise DataError(f"Expected a positive batch_size. Received: batch_size={batch_size!r}")
     if cache:
         ds = ds.cache()

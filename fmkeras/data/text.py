@@ -22,6 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from fmkeras.config import is_count
 from fmkeras.errors import DataError
 
 START_TOKEN = "[start]"
@@ -609,8 +610,7 @@ def text_vectorizer(sequence_length, max_tokens=None, vocabulary=None, texts=Non
     >>> layer(["DÓNDE"]).numpy().tolist()
     [[2, 0, 0, 0]]
     """
-    if isinstance(sequence_length, bool) or not isinstance(sequence_length, int) \
-            or sequence_length < 1:
+    if not is_count(sequence_length, 1):
         raise DataError(f"Expected sequence_length to be a positive integer. "
                         f"Received: sequence_length={sequence_length!r}")
     if isinstance(texts, (str, bytes)):
@@ -724,7 +724,7 @@ def _check_batches(data, kind, reader, batch_size):
     if not isinstance(data, kind):
         raise DataError(f"Expected a {kind.__name__} (from {reader}). "
                         f"Received: {type(data).__name__}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not is_count(batch_size, 1):
         raise DataError(f"Expected a positive batch_size. Received: batch_size={batch_size!r}")
 
 

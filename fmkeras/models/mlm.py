@@ -16,6 +16,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from fmkeras.config import is_count
 from fmkeras.models.transformer import PositionalEmbedding, TransformerEncoderBlock
 
 
@@ -44,10 +45,10 @@ def mask_tokens(token_ids, mask_id, vocab_size, rate=0.15, seed=(0, 0)):
     """
     if not 0.0 < rate <= 1.0:
         raise ValueError(f"Expected 0 < rate <= 1. Received: rate={rate}")
-    if not isinstance(vocab_size, int) or vocab_size < 3:
+    if not is_count(vocab_size, 3):
         raise ValueError(f"Expected vocab_size >= 3 (padding, [UNK] and a token). "
                          f"Received: vocab_size={vocab_size!r}")
-    if not isinstance(mask_id, int) or not 2 <= mask_id < vocab_size:
+    if not is_count(mask_id, 2) or mask_id >= vocab_size:
         raise ValueError(f"Expected mask_id in [2, {vocab_size}) (not padding or [UNK]). "
                          f"Received: mask_id={mask_id!r}")
     token_ids = tf.cast(token_ids, tf.int32)

@@ -36,6 +36,7 @@ import warnings
 
 import tensorflow as tf
 
+from fmkeras.config import is_count
 from fmkeras.errors import ConfigError, FmkerasError
 
 STRATEGIES = ("auto", "none", "mirrored", "multi_worker", "tpu")
@@ -172,8 +173,7 @@ def _multi_worker_strategy(collective_timeout):
     hosts = cluster.get(task.get("type")) if isinstance(cluster, dict) and isinstance(
         task, dict) else None
     index = task.get("index", 0) if isinstance(task, dict) else None
-    if not isinstance(hosts, list) or isinstance(index, bool) or not isinstance(index, int) \
-            or not 0 <= index < len(hosts):
+    if not isinstance(hosts, list) or not is_count(index) or index >= len(hosts):
         raise ConfigError(
             "TF_CONFIG's task must name one of its cluster's hosts. Expected task.type among "
             f"{sorted(cluster) if isinstance(cluster, dict) else '[]'} and task.index below "
