@@ -321,15 +321,15 @@ class ImageDataGenerator:
             raise FmkerasError(f"Expected img_shape of rank 3. Received: {tuple(img_shape)}")
         rows, cols = (img_shape[0], img_shape[1]) if self.channel_axis == 3 else img_shape[1:]
         seed = int(np.random.randint(2**31 - 1) if seed is None else seed)
-        drawn = {k: float(v[0]) for k, v in random_affine_params(
-            self.augmentation, 1, rows, cols, (seed, 0)).items()}
-        aug = self.augmentation
-        return {"theta": drawn["theta"], "tx": drawn["tx"], "ty": drawn["ty"],
-                "shear": drawn["shear"], "zx": drawn["zx"], "zy": drawn["zy"],
-                "flip_horizontal": bool(drawn["flip_h"]), "flip_vertical": bool(drawn["flip_v"]),
-                "channel_shift_intensity": (drawn["channel_shift"] if aug.channel_shift_range
-                                            else None),
-                "brightness": drawn["brightness"] if aug.brightness_range is not None else None}
+        drawn = random_affine_params(self.augmentation, 1, rows, cols, (seed, 0))
+        params = {legacy: float(drawn[ours][0]) for ours, legacy in _PARAM_KEYS.items()}
+        params["flip_horizontal"] = bool(params["flip_horizontal"])
+        params["flip_vertical"] = bool(params["flip_vertical"])
+        if not self.augmentation.channel_shift_range:
+            params["channel_shift_intensity"] = None
+        if self.augmentation.brightness_range is None:
+            params["brightness"] = None
+        return params
 
     def apply_transform(self, x, transform_parameters):
         """Apply a transform (from :meth:`get_random_transform`, or written by hand) to one image.

@@ -2,6 +2,8 @@
 
 import numbers
 
+import keras
+
 
 def check_positive_int(name, value):
     """Raise ``ValueError`` unless ``value`` is a positive integer."""
@@ -50,8 +52,6 @@ def check_image_sides(shape, min_side, reason, known=False):
 
 def check_model(name, value):
     """Raise ``ValueError`` unless ``value`` is a ``keras.Model``."""
-    import keras
-
     if not isinstance(value, keras.Model):
         raise ValueError(f"Expected `{name}` to be a keras.Model. Received: {name} of type "
                          f"{type(value).__name__}")

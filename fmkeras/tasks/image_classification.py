@@ -463,14 +463,14 @@ def _warn_unused(config):
         config_lib.warn_unused(
             model, "model.", ("name", "encoder_path", *MODEL_KEYS[builder]),
             "model.encoder_path" if model.encoder_path else f"model.name={model.name}")
+    # norm_bias_lr_scale off sgd/muon is an error of build_optimizer's, not a warning.
     optimizer_keys = {"sgd": ("momentum", "norm_bias_lr_scale"),
                       "muon": ("momentum", "norm_bias_lr_scale", "muon_scale", "muon_momentum")}
-    others = ("momentum", "norm_bias_lr_scale", "muon_scale", "muon_momentum")
-    config_lib.warn_unused(
-        train, "train.",
-        [f.name for f in dataclasses.fields(train) if f.name not in others]
-        + list(optimizer_keys.get(train.optimizer, ("norm_bias_lr_scale",))),
-        f"train.optimizer={train.optimizer}")
+    unread = {"momentum", "muon_scale", "muon_momentum"} - set(
+        optimizer_keys.get(train.optimizer, ()))
+    config_lib.warn_unused(train, "train.",
+                           [f.name for f in dataclasses.fields(train) if f.name not in unread],
+                           f"train.optimizer={train.optimizer}")
 
 
 def run(config, callbacks=()):
