@@ -312,6 +312,8 @@ COMMON_KEY_RULES = {
     "validation_split": _FRACTION,
     "test_split": _FRACTION,
     "max_bad_fraction": (lambda v: _number(v) and 0 <= v <= 1, "in [0, 1]"),
+    # MobileNet's width multiplier (model.alpha) and LoRA's scale (lora.alpha).
+    "alpha": (lambda v: v is None or (_number(v) and v > 0), "> 0, or null"),
 }
 
 

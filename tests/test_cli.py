@@ -112,6 +112,8 @@ def test_bad_export_name_fails_before_training(capsys, tmp_path, task):
     ("fine-tune", "data.image_size=-1", "data.image_size an integer >= 1"),
     ("fine-tune", "train.head_learning_rate=-1", "train.head_learning_rate > 0"),
     ("fine-tune", "train.unfreeze_layers=-1", "train.unfreeze_layers >= 0"),
+    ("fine-tune", "model.alpha=-1", "model.alpha > 0, or null"),
+    ("text-classification", "lora.alpha=0", "lora.alpha > 0, or null"),
     ("pretrain-simclr", "data.batch_size=0", "data.batch_size an integer >= 1"),
     ("pretrain-simclr", "data.pipeline=image_data_generator", "data.pipeline='tfdata'"),
     ("pretrain-mlm", "model.dropout=1.5", "model.dropout in [0, 1)"),
