@@ -226,6 +226,19 @@ def test_a_fresh_run_in_a_finished_run_dir_keeps_nothing_of_the_old_best(data, t
     assert np.isfinite(result.metrics["test_loss"])
 
 
+def test_resuming_with_fewer_epochs_than_were_trained_is_refused(data, tmp_path):
+    # It used to train nothing and report the longer run's model as this shorter one.
+    run_dir = str(tmp_path / "run")
+    interrupted(data, run_dir, 3)  # epochs 0-2 done
+    with pytest.raises(ConfigError, match=r"already trained 3 epochs, more than the 2 this run "
+                                          r"asks for \(train.epochs\). Expected train.epochs >= 3"):
+        task.run(tiny(data, run_dir, "train.epochs=2"))
+    assert backups(run_dir) == ["epoch-0002.weights.h5", "epoch-0003.weights.h5"]
+    result = task.run(tiny(data, run_dir))  # the run it was, resumed
+    assert len((tmp_path / "run" / "history.csv").read_text().splitlines()) == 1 + 4
+    assert np.isfinite(result.metrics["test_loss"])
+
+
 def test_changed_sgd_momentum_refuses_to_resume(data, tmp_path):
     run_dir = str(tmp_path / "run")
     interrupted(data, run_dir, 3, "train.optimizer=sgd", "train.momentum=0.9")

@@ -233,6 +233,13 @@ class ResumableBackup(keras.callbacks.Callback):
         if not checkpoints:
             return
         self._restore(checkpoints)
+        epochs = (self.params or {}).get("epochs")
+        if self.restored_epoch and epochs is not None and self.restored_epoch > epochs:
+            run_dir = os.path.dirname(os.path.dirname(self.backup_dir))
+            raise ConfigError(
+                f"The run in {run_dir!r} already trained {self.restored_epoch} epochs, more "
+                f"than the {epochs} this run asks for (train.epochs). Expected train.epochs >= "
+                f"{self.restored_epoch} to resume it, or a new run directory.")
         _truncate_history(self.history_path, self.restored_epoch or 0)
 
     def _optimizers(self):
