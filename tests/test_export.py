@@ -119,3 +119,22 @@ def test_text_export_refuses_a_class_name_count_other_than_the_outputs():
     vectorizer = text_vectorizer(8, texts=["hola", "hello"])
     with pytest.raises(export.ExportError, match=r"per model output \(2\). Received: 3"):
         export.text_classifier_archive(lstm_classifier(10, 2), vectorizer, ["en", "es", "fr"])
+
+
+@pytest.mark.parametrize("sizes, match", [
+    ((9, 16, 8), r"predicts 16 target tokens, more than the target vectorizer's 11"),
+    ((6, 11, 8), r"source vectorizer has 9 tokens, more than the 6 the model's "
+                 r"'encoder_embedding' layer embeds"),
+    ((9, 11, 6), r"source vectorizer makes sequences of 8 tokens, longer than the model's 6"),
+])
+def test_translator_export_refuses_vectorizers_the_model_was_not_built_for(sizes, match):
+    from fmkeras.data.text import ParallelText, translation_vectorizers
+    from fmkeras.models import transformer_seq2seq
+
+    pairs = ParallelText(["where is it?", "open the file"], ["¿dónde está?", "abre el archivo"])
+    source, target = translation_vectorizers(pairs, sequence_length=8)
+    assert (source.vocabulary_size(), target.vocabulary_size()) == (9, 11)
+    model = transformer_seq2seq(*sizes, d_model=8, num_heads=2, ff_dim=8,
+                                num_encoder_layers=1, num_decoder_layers=1)
+    with pytest.raises(export.ExportError, match=match):
+        export.translator_archive(model, source, target)

@@ -14,7 +14,13 @@ import keras
 import tensorflow as tf
 
 from fmkeras.data.text import END_TOKEN, START_TOKEN
-from fmkeras.export.core import check_class_names, check_export, numpy_outputs, write_versioned
+from fmkeras.export.core import (
+    ExportError,
+    check_class_names,
+    check_export,
+    numpy_outputs,
+    write_versioned,
+)
 from fmkeras.models.decoding import beam_search, greedy_search
 
 DECODE_METHODS = ("greedy", "beam")
@@ -71,6 +77,42 @@ def ids_to_text(ids, vocabulary, end_id):
     return detokenize(joined)
 
 
+def check_vectorizer_fits(model, vectorizer, layer_name, role):
+    """Raise :class:`ExportError` unless ``vectorizer``'s ids and length fit ``model``'s embedding.
+
+    A vectorizer with more tokens, or longer outputs, than the embedding
+    layer ``layer_name`` was built for fails deep inside a served graph (or,
+    on a GPU, silently embeds zeros); a model without that layer is not
+    checked.
+
+    Example:
+
+    >>> from fmkeras.data.text import text_vectorizer
+    >>> from fmkeras.models import lstm_classifier
+    >>> check_vectorizer_fits(lstm_classifier(3, 2), text_vectorizer(4, texts=["a b c"]),
+    ...                       "embedding", "text")
+    Traceback (most recent call last):
+    ...
+    fmkeras.export.core.ExportError: The text vectorizer has 5 tokens, more than the 3 ...
+    """
+    try:
+        layer = model.get_layer(layer_name)
+    except ValueError:
+        return
+    tokens = vectorizer.vocabulary_size()
+    vocab = getattr(layer, "vocab_size", None) or getattr(layer, "input_dim", None)
+    if vocab is not None and tokens > vocab:
+        raise ExportError(f"The {role} vectorizer has {tokens} tokens, more than the {vocab} "
+                          f"the model's {layer_name!r} layer embeds. Expected the vectorizer "
+                          f"the model was trained with")
+    length = vectorizer.get_config().get("output_sequence_length")
+    limit = getattr(layer, "sequence_length", None)
+    if length is not None and limit is not None and length > limit:
+        raise ExportError(f"The {role} vectorizer makes sequences of {length} tokens, longer "
+                          f"than the model's {limit}. Expected the vectorizer the model was "
+                          f"trained with")
+
+
 def translator_fn(model, source_vectorizer, target_vectorizer, method="greedy", beam_width=4,
                   length_penalty=0.6, max_length=None):
     """A function mapping a batch of raw source strings to translated strings.
@@ -102,6 +144,11 @@ def translator_fn(model, source_vectorizer, target_vectorizer, method="greedy", 
             raise ValueError(f"Expected {token!r} in the target vocabulary. Received a "
                              f"vocabulary of {len(vocabulary)} tokens without it")
     start_id, end_id = vocabulary.index(START_TOKEN), vocabulary.index(END_TOKEN)
+    check_vectorizer_fits(model, source_vectorizer, "encoder_embedding", "source")
+    if model.output_shape[-1] > len(vocabulary):
+        raise ExportError(f"The model predicts {model.output_shape[-1]} target tokens, more than "
+                          f"the target vectorizer's {len(vocabulary)}. Expected the vectorizer "
+                          f"the model was trained with")
 
     def translate(text):
         ids = tf.cast(source_vectorizer(text), tf.int32)
@@ -170,6 +217,7 @@ def text_classifier_archive(model, vectorizer, class_names):
     [1]
     """
     check_class_names(model, class_names)
+    check_vectorizer_fits(model, vectorizer, "embedding", "text")
     names = tf.constant([str(c) for c in class_names])
 
     def serve(text):
