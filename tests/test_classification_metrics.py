@@ -26,3 +26,26 @@ def test_scores_of_a_known_case():
 def test_inputs_that_do_not_line_up_are_refused(y_true, probabilities, match):
     with pytest.raises(FmkerasError, match=match):
         classification_metrics(y_true, probabilities, ["a", "b", "c"])
+
+
+def test_curves_take_what_fit_returns_or_a_history_file(tmp_path):
+    import keras
+
+    from fmkeras.evaluation.classification import plot_training_curves
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    history = model.fit(np.zeros((4, 2)), np.zeros(4), epochs=2, verbose=0)
+    assert len(plot_training_curves(history).axes) == 1
+    csv = tmp_path / "history.csv"
+    csv.write_text("epoch,accuracy,loss\n0,0.5,1.0\n1,0.7,0.8\n")
+    assert len(plot_training_curves(str(csv)).axes) == 2
+    with pytest.raises(FmkerasError, match="a history.csv path. Received: list"):
+        plot_training_curves([1.0, 0.5])
+
+
+def test_confusion_matrix_plot_needs_one_row_and_column_per_class():
+    from fmkeras.evaluation.classification import plot_confusion_matrix
+
+    with pytest.raises(FmkerasError, match=r"Expected a \(3, 3\) matrix.*Received: shape \(2, 2\)"):
+        plot_confusion_matrix([[1, 0], [0, 1]], ["a", "b", "c"])

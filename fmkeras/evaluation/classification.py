@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -94,6 +95,9 @@ def plot_confusion_matrix(matrix, class_names, path=None, title="Confusion matri
     >>> fig = plot_confusion_matrix([[3, 1], [0, 4]], ["cat", "dog"])
     """
     matrix = np.asarray(matrix)
+    if matrix.ndim != 2 or matrix.shape != (len(class_names), len(class_names)):
+        raise FmkerasError(f"Expected a ({len(class_names)}, {len(class_names)}) matrix, one row "
+                           f"and column per class name. Received: shape {matrix.shape}")
     size = max(4.0, 0.5 * len(class_names) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(matrix, cmap="Blues")
@@ -146,7 +150,8 @@ def plot_training_curves(history, path=None):
 
     Args:
         history: dict of metric name -> list of values (``History.history``
-            or :func:`read_history`).
+            or :func:`read_history`), the ``History`` that ``model.fit``
+            returns, or the path of a ``history.csv``.
         path: optional str. PNG file to write.
 
     Returns:
@@ -156,6 +161,12 @@ def plot_training_curves(history, path=None):
 
     >>> fig = plot_training_curves({"loss": [1.0, 0.5], "val_loss": [1.1, 0.7]})
     """
+    if isinstance(history, (str, os.PathLike)):
+        history = read_history(history)
+    history = getattr(history, "history", history)  # a keras.callbacks.History
+    if not isinstance(history, dict):
+        raise FmkerasError(f"Expected a dict of metric -> values, a History from model.fit or "
+                           f"a history.csv path. Received: {type(history).__name__}")
     names = [k for k in history if not k.startswith("val_") and k not in ("learning_rate", "lr")]
     fig, axes = plt.subplots(1, max(1, len(names)), figsize=(5 * max(1, len(names)), 3.5),
                              squeeze=False)
