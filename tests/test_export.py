@@ -138,3 +138,12 @@ def test_translator_export_refuses_vectorizers_the_model_was_not_built_for(sizes
                                 num_encoder_layers=1, num_decoder_layers=1)
     with pytest.raises(export.ExportError, match=match):
         export.translator_archive(model, source, target)
+
+
+def test_an_empty_request_gets_empty_answers(exported):
+    _, _, path = exported
+    loaded = tf.saved_model.load(path)
+    out = loaded.signatures["serving_default"](image_bytes=tf.constant([], tf.string))
+    assert out["probabilities"].shape == (0, 3) and out["label"].shape == (0,)
+    out = loaded.signatures["serve_images"](images=tf.zeros((0, 8, 8, 1)))
+    assert out["probabilities"].shape == (0, 3)

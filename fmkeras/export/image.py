@@ -57,8 +57,15 @@ def image_classifier_archive(model, class_names, image_size, channels, rescale=1
     check_class_names(model, class_names)
     names = tf.constant([str(c) for c in class_names])
 
+    classes = model.output_shape[-1]
+
     def outputs(pixels):
-        probabilities = tf.cast(model(pixels * rescale, training=False), tf.float32)
+        def predict():
+            return tf.cast(model(pixels * rescale, training=False), tf.float32)
+
+        # An empty request gets empty answers (TensorFlow's CPU convolutions fail on 0 images).
+        probabilities = tf.cond(tf.shape(pixels)[0] > 0, predict,
+                                lambda: tf.zeros([0, classes], tf.float32))
         label = tf.gather(names, tf.argmax(probabilities, axis=-1))
         return {"probabilities": probabilities, "label": label}
 
