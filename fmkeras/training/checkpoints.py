@@ -190,6 +190,7 @@ class ResumableBackup(keras.callbacks.Callback):
                  interval_s=0.0):
         super().__init__()
         self.backup_dir = backup_dir
+        self.run_dir = os.path.dirname(os.path.dirname(backup_dir))  # <run>/checkpoints/backup
         self.history_path = history_path
         self.identity = identity or {}
         self.force = force
@@ -215,9 +216,8 @@ class ResumableBackup(keras.callbacks.Callback):
             return
         changed = differing_keys(state.get("identity", {}), self.identity)
         if changed:
-            run_dir = os.path.dirname(os.path.dirname(self.backup_dir))
             raise ConfigError(
-                f"Refusing to resume the run in {run_dir!r}: these settings changed since it "
+                f"Refusing to resume the run in {self.run_dir!r}: these settings changed since it "
                 f"was interrupted: {', '.join(changed)}. "
                 "Expected the same model, optimizer, batch size and data; use a new run "
                 "directory, or --force-resume to resume anyway.")
@@ -235,9 +235,8 @@ class ResumableBackup(keras.callbacks.Callback):
         self._restore(checkpoints)
         epochs = (self.params or {}).get("epochs")
         if self.restored_epoch and epochs is not None and self.restored_epoch > epochs:
-            run_dir = os.path.dirname(os.path.dirname(self.backup_dir))
             raise ConfigError(
-                f"The run in {run_dir!r} already trained {self.restored_epoch} epochs, more "
+                f"The run in {self.run_dir!r} already trained {self.restored_epoch} epochs, more "
                 f"than the {epochs} this run asks for (train.epochs). Expected train.epochs >= "
                 f"{self.restored_epoch} to resume it, or a new run directory.")
         _truncate_history(self.history_path, self.restored_epoch or 0)
