@@ -1,6 +1,7 @@
 """The image-classification task end to end: run directory, metrics, resume, export."""
 
 import csv
+import dataclasses
 import json
 import os
 import pathlib
@@ -86,6 +87,27 @@ def test_rerun_resumes_an_interrupted_run(tmp_path):
     assert first.first == 2  # resumed, not restarted
     rows = read_rows(os.path.join(run_dir, "history.csv"))
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+
+
+def test_run_gives_the_notebook_its_precision_and_determinism_back(tmp_path):
+    """A run sets the dtype policy and op determinism it asks for, then restores the caller's."""
+    from tensorflow.python.framework import config as tf_config
+
+    data = write_image_folder(tmp_path / "imgs", per_class=4)
+    config = tiny_config(data, str(tmp_path / "run"), "precision=mixed_bfloat16",
+                         "deterministic=true", "train.epochs=1", "export.enabled=false",
+                         "train.verbose=0")
+    result = task.run(config)
+    assert result.metrics["precision_policy"] == "mixed_bfloat16"
+    conv = next(x for x in result.model.layers if isinstance(x, keras.layers.Conv2D))
+    assert conv.dtype_policy.name == "mixed_bfloat16"  # the model keeps its own policy
+    assert keras.mixed_precision.global_policy().name == "float32"
+    assert not tf_config.is_op_determinism_enabled()
+    with pytest.raises(Stop):  # and when the run stops with an error
+        task.run(dataclasses.replace(config, run_dir=str(tmp_path / "run2")),
+                 callbacks=[StopAt(0)])
+    assert keras.mixed_precision.global_policy().name == "float32"
+    assert not tf_config.is_op_determinism_enabled()
 
 
 def test_nan_loss_stops_with_error(tmp_path):

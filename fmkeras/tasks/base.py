@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import functools
 import hashlib
 import json
 import os
@@ -14,6 +15,7 @@ import sys
 
 from fmkeras import config as config_lib
 from fmkeras.errors import ConfigError, FmkerasError
+from fmkeras.training import precision as precision_lib
 
 
 @dataclasses.dataclass
@@ -31,6 +33,28 @@ class RunResult:
     metrics: dict
     model: object = None
     export_path: str | None = None
+
+
+def keeps_global_settings(run):
+    """Decorate a task's ``run`` so it leaves the process' global settings as it found them.
+
+    A run sets Keras' dtype policy and may turn on TensorFlow op determinism;
+    see :func:`fmkeras.training.precision.global_settings_kept`.
+
+    Example:
+
+    >>> import keras
+    >>> @keeps_global_settings
+    ... def run(config):
+    ...     return precision_lib.set_precision(config)
+    >>> run("mixed_bfloat16"), keras.mixed_precision.global_policy().name
+    ('mixed_bfloat16', 'float32')
+    """
+    @functools.wraps(run)
+    def wrapper(*args, **kwargs):
+        with precision_lib.global_settings_kept():
+            return run(*args, **kwargs)
+    return wrapper
 
 
 def with_global_batch(config, dist):

@@ -347,6 +347,7 @@ def _prefixed(prefix, values):
     return {f"{prefix}_{key}": value for key, value in values.items()}
 
 
+@base.keeps_global_settings
 def run(config, callbacks=()):
     """Train a head on a frozen backbone, fine-tune its top, evaluate and export.
 

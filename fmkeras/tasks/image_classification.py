@@ -473,6 +473,7 @@ def _warn_unused(config):
                            f"train.optimizer={train.optimizer}")
 
 
+@base.keeps_global_settings
 def run(config, callbacks=()):
     """Train, evaluate and export an image classifier as configured.
 

@@ -342,6 +342,7 @@ def score(real, fake, extractor):
     return metrics
 
 
+@base.keeps_global_settings
 def run(config, callbacks=()):
     """Train, score and export a DCGAN as configured.
 

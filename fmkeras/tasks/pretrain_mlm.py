@@ -159,6 +159,7 @@ def _dataset(ids, config, mask_id, vocab_size, shuffle, seed_offset, batch_size)
     return ds.map(corrupt, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
+@base.keeps_global_settings
 def run(config, callbacks=()):
     """Pretrain a Transformer encoder by masked-token prediction.
 

@@ -116,6 +116,7 @@ def _check_config(config):
                           f"Received: {config.data.batch_size}")
 
 
+@base.keeps_global_settings
 def run(config, callbacks=()):
     """Pretrain an encoder with SimCLR and save it as ``<run_dir>/encoder.keras``.
 

@@ -194,6 +194,7 @@ def _check_config(config):
                                f"model.name={config.model.name}")
 
 
+@base.keeps_global_settings
 def run(config, callbacks=()):
     """Train, evaluate and export a text classifier as configured.
 

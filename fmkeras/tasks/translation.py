@@ -371,6 +371,7 @@ def report_counts(report):
     return counts
 
 
+@base.keeps_global_settings
 def run(config, callbacks=()):
     """Train, score (BLEU, chrF) and export an English -> Spanish style translator.
 

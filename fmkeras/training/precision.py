@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import tensorflow as tf
 
@@ -118,3 +120,36 @@ _DETERMINISM_BY_US = False
 def _determinism_enabled():
     from tensorflow.python.framework import config as tf_config
     return tf_config.is_op_determinism_enabled()
+
+
+@contextlib.contextmanager
+def global_settings_kept():
+    """Put Keras' dtype policy and TensorFlow op determinism back as they were.
+
+    A task sets both for its run (:func:`set_precision`, :func:`set_seed`).
+    Each task's ``run`` is wrapped in this, so a notebook that runs a
+    ``mixed_bfloat16`` or ``deterministic`` task gets its own settings back
+    afterwards, on success or error, instead of building its next models in
+    the run's policy. The trained model keeps the policy it was built with.
+
+    Example:
+
+    >>> with global_settings_kept():
+    ...     _ = set_precision("mixed_bfloat16")
+    ...     set_seed(0, deterministic=True)
+    >>> keras.mixed_precision.global_policy().name
+    'float32'
+    >>> _determinism_enabled()
+    False
+    """
+    global _DETERMINISM_BY_US
+    policy = keras.mixed_precision.global_policy()
+    determinism = _determinism_enabled()
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+        if _determinism_enabled() and not determinism:
+            from tensorflow.python.framework import config as tf_config
+            tf_config.disable_op_determinism()
+            _DETERMINISM_BY_US = False
