@@ -519,6 +519,46 @@ def jit_compile_auto(model_builder, sample_batch, loss="categorical_crossentropy
     return _JIT_CHOICES[key]
 
 
+def build_before_fit(model, data):
+    """Create a compiled model's optimizer, loss and metric variables before ``fit``.
+
+    Under a strategy Keras creates them first, from the data's shapes. For a
+    model created outside any strategy scope it defers that to the first
+    trace of the train step; TensorFlow then traces the whole step a second
+    time, without variable creation, so the first step waits for two traces
+    (a small Transformer: 11 s before the first step instead of 6 s on 2 CPU
+    cores). This builds them up front from ``data.element_spec`` (no batch is
+    read). Models with their own ``train_step`` (``GAN``, ``SimCLR``), data
+    other than a ``tf.data.Dataset`` and models already built are left to
+    Keras.
+
+    Args:
+        model: a compiled ``keras.Model``.
+        data: what ``fit`` gets as ``x``.
+
+    Example:
+
+    >>> import keras
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    >>> model.compile("adam", "mse")
+    >>> build_before_fit(model, tf.data.Dataset.from_tensors(([[1.0, 2.0, 3.0]], [[0.0, 1.0]])))
+    >>> model.optimizer.built
+    True
+    """
+    import keras
+
+    if (getattr(model, "_distribute_strategy", None) is not None
+            or type(model).train_step is not keras.Model.train_step
+            or not isinstance(data, tf.data.Dataset)
+            or not hasattr(model, "_symbolic_build")  # Keras' own (private) builder
+            or (model.optimizer is not None and model.optimizer.built)):
+        return
+    try:
+        model._symbolic_build(data_batch=data.element_spec)
+    except Exception:  # noqa: BLE001 - Keras builds them while tracing, as it would anyway
+        pass
+
+
 class Distribution:
     """What a task needs from its strategy, in one object.
 
@@ -567,6 +607,7 @@ class Distribution:
         if not getattr(model, "_fmkeras_distribution_ready", False):
             prepare_model(model, self.strategy)
             model._fmkeras_distribution_ready = True
+        build_before_fit(model, args[0] if args else kwargs.get("x"))
         with worker_failure_guard():
             return model.fit(*args, **kwargs)
 
