@@ -80,6 +80,24 @@ def test_image_classification_starts_from_a_saved_encoder(images, encoder_file, 
                                result.model.predict(pixels, verbose=0), rtol=1e-4, atol=1e-5)
 
 
+def test_an_encoder_saved_in_mixed_bfloat16_runs_in_the_runs_float32(images, tmp_path):
+    """A .keras file keeps each layer's policy; a float32 run must not compute in bfloat16."""
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    keras.utils.set_random_seed(3)
+    bf16 = tiny_encoder()
+    keras.mixed_precision.set_global_policy("float32")
+    path = str(tmp_path / "encoder.keras")
+    bf16.save(path)
+    result = image_task.run(image_config(images, str(tmp_path / "run"),
+                                         f"model.encoder_path={path}", "precision=float32",
+                                         "model.freeze_encoder=true", "export.check=true"))
+    encoder = result.model.get_layer("tiny_encoder")
+    assert {layer.dtype_policy.name for layer in encoder.layers} == {"float32"}
+    for got, expected in zip(encoder.get_weights(), bf16.get_weights()):
+        np.testing.assert_array_equal(got, expected)  # the saved weights, unchanged (frozen)
+    assert os.path.exists(os.path.join(result.export_path, "saved_model.pb"))
+
+
 def test_frozen_encoder_trains_only_the_head(images, encoder_file, tmp_path):
     folder = os.path.dirname(encoder_file)  # a pretrain-simclr run folder is enough
     result = image_task.run(image_config(images, str(tmp_path / "run"),

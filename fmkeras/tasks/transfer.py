@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import keras
 import numpy as np
 
 from fmkeras import config as config_lib
@@ -66,7 +67,45 @@ def load_encoder(path, input_shape, key="model.encoder_path"):
             f"Encoder input shape does not match the data. Expected {tuple(input_shape)} "
             f"(data.image_size, data.color_mode). Received: {tuple(encoder.input_shape[1:])}"
             f" from {path!r}")
-    return encoder
+    return in_global_policy(encoder)
+
+
+def in_global_policy(model):
+    """``model``, with its mixed-precision layers moved to Keras' global dtype policy.
+
+    A ``.keras`` file keeps each layer's dtype policy, so an encoder saved by
+    a ``mixed_bfloat16`` run would compute in bfloat16 inside a ``float32``
+    run (its export then differed from the in-memory model). Layers with a
+    mixed policy other than the global one are rebuilt with the global one;
+    variables are float32 under every policy, so the weights carry over
+    unchanged. ``float32`` layers stay as they are (a builder may have kept
+    them in float32 on purpose). Returns ``model`` itself when nothing moves.
+
+    Example:
+
+    >>> layer = keras.layers.Dense(2, dtype="mixed_bfloat16")
+    >>> model = keras.Sequential([keras.Input((3,)), layer])
+    >>> [x.dtype_policy.name for x in in_global_policy(model).layers]
+    ['float32']
+    """
+    policy = keras.mixed_precision.global_policy()
+
+    def moves(layer):
+        own = layer.dtype_policy
+        return own.name != policy.name and own.compute_dtype != own.variable_dtype
+
+    if not any(moves(layer) for layer in model._flatten_layers(include_self=False)):
+        return model
+
+    def rebuild(layer):
+        config = layer.get_config()
+        if moves(layer):
+            config["dtype"] = policy.name
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=rebuild, recursive=True)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 @dataclasses.dataclass
