@@ -199,6 +199,17 @@ def test_global_batch_size_and_errors(monkeypatch):
             distribute.make_strategy("multi_worker")
 
 
+def test_cpu_replicas_asked_for_after_tensorflow_started_are_named(monkeypatch):
+    """In a notebook TensorFlow has started before the run: the request cannot apply."""
+    tf.constant(0)  # TensorFlow's devices are set up
+    have = len(tf.config.list_logical_devices("CPU"))
+    monkeypatch.setenv("FMKERAS_CPU_REPLICAS", str(have + 1))
+    with pytest.warns(UserWarning, match=f"FMKERAS_CPU_REPLICAS={have + 1} has no effect: "
+                                         f"TensorFlow had already set up {have} CPU"):
+        strategy = distribute.make_strategy("mirrored")
+    assert strategy.num_replicas_in_sync == have
+
+
 def test_shard_policy(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", json.dumps(
         {"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 0}}))

@@ -159,6 +159,13 @@ def _mirrored_devices():
                 cpu, [tf.config.LogicalDeviceConfiguration()] * count)
         except RuntimeError:
             pass  # TensorFlow already started: keep the devices it has
+        devices = tf.config.list_logical_devices("CPU")
+        if len(devices) != count:
+            warnings.warn(
+                f"FMKERAS_CPU_REPLICAS={count} has no effect: TensorFlow had already set up "
+                f"{len(devices)} CPU device(s) in this process, so the run uses "
+                f"{len(devices)}. Set it before TensorFlow starts (a fresh process or kernel).",
+                UserWarning, stacklevel=2)
     return [d.name for d in tf.config.list_logical_devices("CPU")]
 
 
