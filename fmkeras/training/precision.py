@@ -108,10 +108,7 @@ def set_seed(seed, deterministic=False):
             tf.config.experimental.enable_op_determinism()
             _DETERMINISM_BY_US = True
     elif _DETERMINISM_BY_US:
-        # TensorFlow exports no switch back; this is the one its own tests use.
-        from tensorflow.python.framework import config as tf_config
-        tf_config.disable_op_determinism()
-        _DETERMINISM_BY_US = False
+        _disable_determinism()
 
 
 _DETERMINISM_BY_US = False
@@ -120,6 +117,14 @@ _DETERMINISM_BY_US = False
 def _determinism_enabled():
     from tensorflow.python.framework import config as tf_config
     return tf_config.is_op_determinism_enabled()
+
+
+def _disable_determinism():
+    global _DETERMINISM_BY_US
+    # TensorFlow exports no switch back; this is the one its own tests use.
+    from tensorflow.python.framework import config as tf_config
+    tf_config.disable_op_determinism()
+    _DETERMINISM_BY_US = False
 
 
 @contextlib.contextmanager
@@ -142,7 +147,6 @@ def global_settings_kept():
     >>> _determinism_enabled()
     False
     """
-    global _DETERMINISM_BY_US
     policy = keras.mixed_precision.global_policy()
     determinism = _determinism_enabled()
     try:
@@ -150,6 +154,4 @@ def global_settings_kept():
     finally:
         keras.mixed_precision.set_global_policy(policy)
         if _determinism_enabled() and not determinism:
-            from tensorflow.python.framework import config as tf_config
-            tf_config.disable_op_determinism()
-            _DETERMINISM_BY_US = False
+            _disable_determinism()
