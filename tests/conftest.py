@@ -99,6 +99,22 @@ def write_image_folder(root, classes=("a", "b"), per_class=4, size=(12, 10), mod
     return str(root)
 
 
+def write_corrupt_jpeg(path):
+    """A JPEG whose header and end marker are intact but whose body is zeros.
+
+    Only decoding finds it: the header check passes.
+    """
+    import io
+
+    buffer = io.BytesIO()
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 16, 3), np.uint8)
+    Image.fromarray(pixels).save(buffer, format="JPEG")
+    data = buffer.getvalue()
+    with open(path, "wb") as f:
+        f.write(data[:20] + b"\0" * (len(data) - 22) + data[-2:])
+    return os.path.basename(path)
+
+
 @pytest.fixture
 def image_folder(tmp_path):
     """A tiny two-class RGB PNG folder."""

@@ -6,6 +6,7 @@ import os
 import keras
 import numpy as np
 import pytest
+from conftest import write_corrupt_jpeg
 from keras.src.legacy.preprocessing.image import ImageDataGenerator as LegacyGenerator
 from PIL import Image
 
@@ -230,6 +231,17 @@ def test_bad_files_are_skipped_with_one_warning(tmp_path):
     assert "._0.png" not in message and "z.png" not in message
     assert it.samples == 60 and len(it.filenames) == 60
     assert [it[i][0].shape[0] for i in range(len(it))][-1] == 4
+
+
+def test_a_jpeg_only_decoding_finds_is_skipped_without_a_cache(tmp_path):
+    _bad_folder(tmp_path, good=20)
+    name = write_corrupt_jpeg(tmp_path / "x" / "zeros.jpg")
+    with pytest.warns(UserWarning, match=f"{name}: cannot be decoded"):
+        it = ImageDataGenerator().flow_from_directory(
+            str(tmp_path), target_size=(6, 6), batch_size=8, cache=False,
+            max_bad_fraction=0.5)
+    assert it.samples == 20
+    assert sum(it[i][0].shape[0] for i in range(len(it))) == 20
 
 
 def test_too_many_bad_files_raise(tmp_path):

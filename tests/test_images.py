@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import DIGITS, write_image_folder
+from conftest import DIGITS, write_corrupt_jpeg, write_image_folder
 from PIL import Image
 
 from fmkeras.data import images
@@ -163,6 +163,21 @@ def test_bad_files_are_skipped_with_one_warning(tmp_path):
     assert "empty file" in message and "not a PNG" in message and "truncated JPEG" in message
     x, y = next(iter(ds))
     assert x.shape[0] == 80
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_a_jpeg_only_decoding_finds_is_skipped_before_training(tmp_path, cache):
+    from fmkeras.data.image_files import header_problem
+
+    root = write_image_folder(tmp_path / "d", per_class=20, size=(8, 8))
+    name = write_corrupt_jpeg(tmp_path / "d" / "a" / "zeros.jpg")
+    assert header_problem(str(tmp_path / "d" / "a" / name)) is None
+    with pytest.warns(UserWarning, match=f"(?s)Skipping 1 of 41.*{name}: cannot be decoded"):
+        ds = images.image_dataset(root, 8, batch_size=16, cache=cache)
+    assert sum(int(y.shape[0]) for _, y in ds) == 40
+    with pytest.warns(UserWarning, match=name):
+        kept = images.validate_index(images.index_directory(root))
+    assert len(kept) == 40
 
 
 def test_too_many_bad_files_stop_with_the_list(tmp_path):
