@@ -4,10 +4,12 @@ import keras
 import numpy as np
 import pytest
 
+from fmkeras.models.decoding import greedy_search
 from fmkeras.models.recurrent import gru_classifier, lstm_classifier
 from fmkeras.models.transformer import (
     ClassToken,
     FirstToken,
+    MaskedMean,
     PositionalEmbedding,
     TransformerDecoderBlock,
     TransformerEncoderBlock,
@@ -130,6 +132,41 @@ def test_classifier_ignores_padding(pooling):
     padded = np.pad(short, ((0, 0), (0, 3)))
     np.testing.assert_allclose(keras.ops.convert_to_numpy(model(short)),
                                keras.ops.convert_to_numpy(model(padded)), atol=1e-5)
+
+
+def test_mean_pooling_of_an_all_padding_row_stays_finite_through_training():
+    keras.utils.set_random_seed(1)
+    model = classifier("mean")
+    ids = token_ids(batch=4)
+    ids[1] = 0  # an empty text: nothing but padding
+    probabilities = keras.ops.convert_to_numpy(model(ids))
+    assert np.isfinite(probabilities).all()
+    np.testing.assert_allclose(probabilities.sum(-1), 1.0, rtol=1e-5)
+    model.compile(keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy",
+                  run_eagerly=True)
+    losses = model.fit(ids, np.array([0, 1, 2, 0]), epochs=2, verbose=0).history["loss"]
+    assert np.isfinite(losses).all()
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+
+
+def test_masked_mean_matches_keras_average_pooling_when_rows_have_tokens():
+    x = np.random.default_rng(0).normal(size=(3, 5, 4)).astype("float32")
+    mask = np.array([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1], [0, 1, 0, 1, 0]], bool)
+    expected = keras.layers.GlobalAveragePooling1D()(x, mask=mask)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(MaskedMean()(x, mask=mask)),
+                               keras.ops.convert_to_numpy(expected), rtol=1e-6)
+    layer = MaskedMean.from_config(MaskedMean(name="pool").get_config())
+    assert layer.name == "pool"
+
+
+def test_sequences_longer_than_the_model_are_refused_by_name():
+    too_long = token_ids(length=LENGTH + 4)
+    for call in (lambda: classifier()(too_long),
+                 lambda: classifier("mean").predict(too_long, verbose=0)):
+        with pytest.raises(ValueError, match=f"at most sequence_length={LENGTH} tokens"):
+            call()
+    with pytest.raises(ValueError, match=f"sequence_length={LENGTH} tokens. Received: shape"):
+        greedy_search(seq2seq(), too_long, 1, 2)
 
 
 def _attention_params(d):

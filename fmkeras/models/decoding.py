@@ -151,6 +151,14 @@ def _run(graph, model, encoder_inputs, settings):
     if encoder_inputs.shape.rank not in (None, 2):
         raise ValueError(f"Expected encoder_inputs of shape (batch, source_length). "
                          f"Received: shape {tuple(encoder_inputs.shape)}")
+    try:
+        limit = model.get_layer("encoder_embedding").sequence_length
+    except ValueError:
+        limit = None
+    length = encoder_inputs.shape[-1] if encoder_inputs.shape.rank == 2 else None
+    if limit is not None and length is not None and length > limit:
+        raise ValueError(f"Expected encoder_inputs of at most the model's sequence_length="
+                         f"{limit} tokens. Received: shape {tuple(encoder_inputs.shape)}")
     if tf.inside_function():
         return graph(model, encoder_inputs, **settings)
     cache = _COMPILED.setdefault(model, {})

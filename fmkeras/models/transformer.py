@@ -116,16 +116,21 @@ class PositionalEmbedding(keras.layers.Layer):
         self.position_embedding = keras.layers.Embedding(
             sequence_length, d_model, dtype=self.dtype_policy, name="position_embedding")
 
-    def build(self, input_shape):
-        if input_shape[-1] is not None and input_shape[-1] > self.sequence_length:
+    def _check_length(self, shape):
+        if shape[-1] is not None and shape[-1] > self.sequence_length:
             raise ValueError(
                 f"Expected sequences of at most sequence_length={self.sequence_length} "
-                f"tokens. Received: input_shape={tuple(input_shape)}")
+                f"tokens. Received: input_shape={tuple(shape)}")
+
+    def build(self, input_shape):
+        self._check_length(input_shape)
         self.token_embedding.build(input_shape)
         self.position_embedding.build((self.sequence_length,))
         self.built = True
 
     def call(self, inputs):
+        # Models take ``(None,)`` sequences, so ``build`` never sees the length.
+        self._check_length(tuple(inputs.shape))
         positions = ops.arange(ops.shape(inputs)[-1])
         return self.token_embedding(inputs) + self.position_embedding(positions)
 
@@ -415,6 +420,43 @@ class FirstToken(keras.layers.Layer):
         return (input_shape[0], input_shape[-1])
 
 
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class MaskedMean(keras.layers.Layer):
+    """Averages the vectors of the non-padded positions of each sequence.
+
+    Unlike ``GlobalAveragePooling1D``, a sequence that is all padding (an
+    empty text) gives zeros instead of 0/0 = NaN, which would otherwise spread
+    into the loss and the weights.
+
+    Args:
+        **kwargs: base layer arguments (``name``, ``dtype``, ...).
+
+    Example:
+
+    >>> x = keras.ops.ones((2, 3, 4))
+    >>> mask = keras.ops.convert_to_tensor([[True, True, False], [False, False, False]])
+    >>> keras.ops.convert_to_numpy(MaskedMean()(x, mask=mask)).tolist()
+    [[1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]]
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+
+    def call(self, inputs, mask=None):
+        if mask is None:
+            return ops.mean(inputs, axis=1)
+        weights = ops.expand_dims(ops.cast(mask, inputs.dtype), -1)
+        count = ops.maximum(ops.sum(weights, axis=1), 1)
+        return ops.sum(inputs * weights, axis=1) / count
+
+    def compute_mask(self, inputs, previous_mask=None):
+        return None
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[-1])
+
+
 def _output_head(x, units, activation, name, dtype):
     # Logits and probabilities in float32 whatever the compute policy.
     x = keras.layers.Dense(units, name=f"{name}_logits", dtype=dtype)(x)
@@ -505,7 +547,8 @@ def transformer_classifier(vocab_size, sequence_length, num_classes, d_model=128
         ff_dim: int. Hidden width of each feed-forward layer.
         num_layers: int. Encoder blocks.
         pooling: str. ``"cls"`` prepends a learned class token and classifies
-            its output; ``"mean"`` averages the non-padded positions.
+            its output; ``"mean"`` averages the non-padded positions (an
+            all-padding sequence pools to zeros).
         dropout: float. Dropout rate in ``[0, 1)``.
         dtype: str, ``keras.DTypePolicy`` or None. Policy for every layer
             except the float32 output; None uses the global policy.
@@ -540,7 +583,7 @@ def transformer_classifier(vocab_size, sequence_length, num_classes, d_model=128
     if pooling == "cls":
         x = FirstToken(dtype=dtype, name="pool")(x)
     else:
-        x = keras.layers.GlobalAveragePooling1D(dtype=dtype, name="pool")(x)
+        x = MaskedMean(dtype=dtype, name="pool")(x)
     x = keras.layers.Dropout(dropout, dtype=dtype, name="pool_dropout")(x)
     outputs = _output_head(x, num_classes, "softmax", "probabilities", dtype)
     return keras.Model(inputs, outputs, name=name)
