@@ -33,6 +33,51 @@ def test_int8_copy_predicts_close_and_reloads(tmp_path):
                                quantized.predict(x, verbose=0), atol=1e-6)
 
 
+def _quantized_paths(model):
+    return sorted(layer.path for layer in model._flatten_layers(include_self=False)
+                  if layer.quantization_mode is not None)
+
+
+def _tiny_transformer(kind):
+    from fmkeras.models import transformer_classifier, transformer_seq2seq
+
+    tiny = dict(d_model=8, num_heads=2, ff_dim=8)
+    ids = np.random.default_rng(0).integers(1, 20, (3, 6)).astype("int32")
+    if kind == "classifier":
+        return transformer_classifier(20, 6, 3, num_layers=1, **tiny), ids
+    return (transformer_seq2seq(20, 20, 6, num_encoder_layers=1, num_decoder_layers=1, **tiny),
+            {"encoder_inputs": ids, "decoder_inputs": ids})
+
+
+@pytest.mark.parametrize("kind, policy", [("classifier", "mixed_bfloat16"),
+                                          ("seq2seq", "float32")])
+def test_quantized_transformers_reload_with_their_int8_sub_layers(tmp_path, kind, policy):
+    from fmkeras import saving
+
+    keras.mixed_precision.set_global_policy(policy)
+    keras.utils.set_random_seed(0)
+    model, x = _tiny_transformer(kind)
+    quantized = compression.quantize(model, "int8")
+    paths = _quantized_paths(quantized)
+    # The embeddings and the attention inside the Transformer's own layers are int8 too.
+    assert any(path.endswith("embedding/token_embedding") for path in paths), paths
+    assert any(path.endswith("self_attention/query") for path in paths), paths
+    def outputs(m):  # eager: tracing costs more than these few calls
+        return keras.ops.convert_to_numpy(m(x, training=False))
+
+    expected = outputs(quantized)
+    path = str(tmp_path / "int8.keras")
+    quantized.save(path)
+    reloaded = saving.load_model(path)
+    assert _quantized_paths(reloaded) == paths
+    assert reloaded.get_layer(paths[0].split("/")[0]).dtype_policy.name == policy
+    np.testing.assert_array_equal(outputs(reloaded), expected)
+    reloaded.save(path)  # and again from the reloaded model, with plain Keras
+    np.testing.assert_array_equal(outputs(keras.saving.load_model(path)), expected)
+    # An unquantized model's configs keep a plain policy.
+    assert "DTypePolicyMap" not in str(model.get_config())
+
+
 def test_prune_reaches_the_target_sparsity():
     model = mlp()
     assert compression.sparsity(model) == 0.0

@@ -85,8 +85,48 @@ def _check_heads(d_model, num_heads):
             f"Received: d_model={d_model}, num_heads={num_heads}")
 
 
+class _QuantizableSublayers(keras.layers.Layer):
+    """Base for layers that make their own Dense, EinsumDense or Embedding sub-layers.
+
+    ``Model.quantize`` makes those sub-layers int8 (or int4, float8), but a
+    ``.keras`` file rebuilds them from this layer's config as float layers,
+    and their quantized weights then fail to load. So the config's ``dtype``
+    becomes a ``DTypePolicyMap`` of the quantized sub-layers' paths, the
+    sub-layers are made with the map's default policy, and ``build`` ends with
+    :meth:`_quantize_sublayers`, which quantizes them again before the saved
+    weights are loaded.
+    """
+
+    def __init__(self, **kwargs):
+        dtype = kwargs.get("dtype")
+        if isinstance(dtype, dict):
+            dtype = keras.dtype_policies.get(dtype)
+        policies = {}
+        if isinstance(dtype, keras.dtype_policies.DTypePolicyMap):
+            policies = {path: dtype[path] for path in dtype}
+            kwargs["dtype"] = dtype.default_policy
+        super().__init__(**kwargs)
+        self._sublayer_policies = policies
+
+    def _quantize_sublayers(self):
+        for layer in self._flatten_layers(include_self=False):
+            policy = self._sublayer_policies.get(layer.path)
+            if policy is not None and layer.quantization_mode is None:
+                layer.dtype_policy = policy  # a built layer quantizes itself
+
+    def get_config(self):
+        config = super().get_config()
+        quantized = {layer.path: layer.dtype_policy
+                     for layer in self._flatten_layers(include_self=False)
+                     if layer.quantization_mode is not None}
+        if quantized:
+            config["dtype"] = keras.dtype_policies.serialize(
+                keras.dtype_policies.DTypePolicyMap(self.dtype_policy, quantized))
+        return config
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class PositionalEmbedding(keras.layers.Layer):
+class PositionalEmbedding(_QuantizableSublayers):
     """Token embedding plus a learned position embedding; id 0 is padding.
 
     Args:
@@ -126,6 +166,7 @@ class PositionalEmbedding(keras.layers.Layer):
         self._check_length(input_shape)
         self.token_embedding.build(input_shape)
         self.position_embedding.build((self.sequence_length,))
+        self._quantize_sublayers()
         self.built = True
 
     def call(self, inputs):
@@ -147,7 +188,7 @@ class PositionalEmbedding(keras.layers.Layer):
         return config
 
 
-class _TransformerBlock(keras.layers.Layer):
+class _TransformerBlock(_QuantizableSublayers):
     """What the encoder and decoder blocks share: attention factory, feed-forward, config.
 
     Residuals are post-norm (``norm(x + sublayer(x))``), as in the original
@@ -230,6 +271,7 @@ class TransformerEncoderBlock(_TransformerBlock):
         self.attention = self._attention("self_attention", input_shape, input_shape)
         self.attention_dropout, self.attention_norm = self._residual("attention", input_shape)
         self._build_feed_forward(input_shape)
+        self._quantize_sublayers()
         self.built = True
 
     def call(self, inputs, mask=None, training=None):
@@ -277,6 +319,7 @@ class TransformerDecoderBlock(_TransformerBlock):
                                                encoder_sequence_shape)
         self.cross_dropout, self.cross_norm = self._residual("cross", shape)
         self._build_feed_forward(shape)
+        self._quantize_sublayers()
         self.built = True
 
     def call(self, decoder_sequence, encoder_sequence, decoder_sequence_mask=None,
