@@ -70,6 +70,32 @@ def test_interrupted_run_resumes_from_its_backup(task, inputs, tmp_path):
     assert not os.path.exists(backup)  # removed once the run completed
 
 
+class StopAfterTraining(keras.callbacks.Callback):
+    """Stands for Ctrl-C while the task evaluates or exports, once fit has returned."""
+
+    def on_train_end(self, logs=None):
+        raise Stop("after the last epoch")
+
+
+@pytest.mark.parametrize("task", ["pretrain-mlm", "image-generation"])
+def test_a_run_stopped_after_its_last_epoch_is_not_trained_again(task, inputs, tmp_path):
+    run_dir = str(tmp_path / "run")
+    module, config = load_task_config(task, overrides=overrides(task, inputs), run_dir=run_dir)
+    with pytest.raises(Stop):
+        module.run(config, callbacks=[StopAfterTraining()])
+    assert not os.path.exists(os.path.join(run_dir, "metrics.json"))
+
+    epochs = Epochs()
+    module, config = load_task_config(task, overrides=overrides(task, inputs), run_dir=run_dir)
+    result = module.run(config, callbacks=[epochs])
+    assert epochs.seen == []  # every epoch restored from the backup
+    with open(os.path.join(run_dir, "history.csv"), encoding="utf-8") as f:
+        assert [int(row["epoch"]) for row in csv.DictReader(f)] == list(range(EPOCHS))
+    if task == "image-generation":
+        assert result.metrics["epochs_trained"] == EPOCHS
+    assert not os.path.exists(os.path.join(run_dir, "checkpoints", "backup"))
+
+
 def test_changed_settings_refuse_to_resume(inputs, tmp_path):
     run_dir = str(tmp_path / "run")
     task = "pretrain-mlm"

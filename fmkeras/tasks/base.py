@@ -224,6 +224,22 @@ def manifest(config, task):
     }
 
 
+def finish_run(run_dir):
+    """Mark a run complete: remove its backups, so a rerun in ``run_dir`` starts afresh.
+
+    Tasks call it last, after the metrics, report and export are written.
+    Until then the backup of the last epoch stays, so a run interrupted while
+    evaluating or exporting resumes there without training again.
+
+    Example:
+
+    >>> finish_run("/nonexistent/run")
+    """
+    from fmkeras.training import checkpoints
+
+    checkpoints.remove_backups(run_dir)
+
+
 def write_json(path, data):
     """Write ``data`` as indented JSON (atomically: temporary file then rename).
 

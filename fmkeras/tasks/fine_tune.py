@@ -431,10 +431,6 @@ def run(config, callbacks=()):
         params_phase2 = trainable_count(model)
         _fit_phase(model, config, splits, run_dir, 2, train.learning_rate, train.epochs,
                    train.head_epochs, last_phase_callbacks(train.epochs), dist, identity)
-    for phase in (1, 2):  # the run is complete: a rerun starts afresh
-        if os.path.exists(_phase_done_path(run_dir, phase)):
-            os.remove(_phase_done_path(run_dir, phase))
-
     test_loss, _ = model.evaluate(splits.test, verbose=0)
     probabilities = model.predict(test_images, verbose=0)
     scores = cls_eval.classification_metrics(y_true, probabilities, class_names)
@@ -484,5 +480,6 @@ def run(config, callbacks=()):
         metrics["export_path"] = export_path
     base.write_json(os.path.join(run_dir, "metrics.json"), metrics)
     base.write_report(run_dir, "Fine-tuning", metrics, scores["per_class"], plots)
+    base.finish_run(run_dir)
     return base.RunResult(run_dir=run_dir, metrics=metrics, model=model,
                           export_path=export_path)

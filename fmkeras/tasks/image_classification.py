@@ -578,5 +578,6 @@ def run(config, callbacks=()):
     base.write_json(os.path.join(run_dir, "metrics.json"), metrics)
     base.write_report(run_dir, "Image classification", metrics, scores["per_class"],
                       ["plots/training_curves.png", "plots/confusion_matrix.png"])
+    base.finish_run(run_dir)
     return base.RunResult(run_dir=run_dir, metrics=metrics, model=model,
                           export_path=export_path)

@@ -421,8 +421,8 @@ def run(config, callbacks=()):
     extractor = (make_extractor(config, train_ds, image_shape, num_classes, run_dir)
                  if config.evaluation.extractor == "inception" else None)
     try:
-        fit_history = dist.fit(gan, dist.dataset(gan_ds), epochs=t.epochs,
-                               callbacks=fit_callbacks, verbose=t.verbose, shuffle=False)
+        dist.fit(gan, dist.dataset(gan_ds), epochs=t.epochs,
+                 callbacks=fit_callbacks, verbose=t.verbose, shuffle=False)
     finally:
         callbacks_lib.after_fit(fit_callbacks)
 
@@ -430,14 +430,15 @@ def run(config, callbacks=()):
     if extractor is None:
         extractor = make_extractor(config, train_ds, image_shape, num_classes, run_dir)
     fake = generate(gan.generator, n, num_classes if data.conditional else None, config.seed)
+    # Every epoch of the run, also those a resumed run restored instead of training.
+    history = cls_eval.read_history(os.path.join(run_dir, "history.csv"))
     metrics = score(real, fake, extractor)
     metrics.update(num_samples=n, precision_policy=policy, train_samples=len(train_index),
-                   epochs_trained=fit_history.epoch[-1] + 1 if fit_history.epoch else 0,
+                   epochs_trained=len(next(iter(history.values()), [])),
                    num_parameters=int(gan.generator.count_params()), **dist.describe())
     if guard.stop_reason:
         metrics["stop_reason"] = guard.stop_reason
 
-    history = cls_eval.read_history(os.path.join(run_dir, "history.csv"))
     shown = ["plots/progress.png"]
     if history:
         cls_eval.plot_training_curves(history, os.path.join(plots, "training_curves.png"))
@@ -453,4 +454,5 @@ def run(config, callbacks=()):
         metrics["export_path"] = export_path
     base.write_json(os.path.join(run_dir, "metrics.json"), metrics)
     base.write_report(run_dir, "Image generation", metrics, plots=shown)
+    base.finish_run(run_dir)
     return base.RunResult(run_dir=run_dir, metrics=metrics, model=gan, export_path=export_path)

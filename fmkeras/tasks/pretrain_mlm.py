@@ -246,4 +246,5 @@ def run(config, callbacks=()):
     base.write_json(os.path.join(run_dir, "metrics.json"), metrics)
     base.write_report(run_dir, "Masked-language-model pretraining", metrics, None,
                       ["plots/training_curves.png"])
+    base.finish_run(run_dir)
     return base.RunResult(run_dir=run_dir, metrics=metrics, model=model)

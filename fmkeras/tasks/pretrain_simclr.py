@@ -186,4 +186,5 @@ def run(config, callbacks=()):
         metrics["final_val_loss"] = history["val_loss"][-1]
     base.write_json(os.path.join(run_dir, "metrics.json"), metrics)
     base.write_report(run_dir, "SimCLR pretraining", metrics, None, ["plots/training_curves.png"])
+    base.finish_run(run_dir)
     return base.RunResult(run_dir=run_dir, metrics=metrics, model=model)

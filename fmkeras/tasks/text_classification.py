@@ -291,6 +291,7 @@ def run(config, callbacks=()):
     base.write_report(run_dir, "Text classification", metrics, scores["per_class"],
                       ["plots/training_curves.png", "plots/confusion_matrix.png"],
                       sections=[("Data problems", problems)])
+    base.finish_run(run_dir)
     return base.RunResult(run_dir=run_dir, metrics=metrics, model=model,
                           export_path=export_path)
 

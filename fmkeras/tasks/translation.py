@@ -456,5 +456,6 @@ def run(config, callbacks=()):
                       sections=[("Sample translations", sample_table(sources, references,
                                                                      hypotheses)),
                                 ("Data problems", problems)])
+    base.finish_run(run_dir)
     return base.RunResult(run_dir=run_dir, metrics=metrics, model=model,
                           export_path=export_path)

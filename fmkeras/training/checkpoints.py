@@ -335,6 +335,28 @@ class ResumableBackup(keras.callbacks.Callback):
         self.clock.reset()
 
     def on_train_end(self, logs=None):
-        # Reached only when fit returns normally: a crash or signal keeps the backup.
-        self._pending = None
-        shutil.rmtree(self.backup_dir, ignore_errors=True)
+        # Reached only when fit returns normally. The backup stays (with the last
+        # epoch) until the task has evaluated and exported too (``remove_backups``):
+        # interrupted after training, a rerun restores it and trains no more epochs.
+        self.flush()
+
+
+def remove_backups(run_dir):
+    """Remove what lets a rerun resume: ``checkpoints/backup*`` and finished-phase markers.
+
+    Tasks call it last, once evaluation, report and export are written; a
+    rerun in the same directory then starts a fresh run.
+
+    Example:
+
+    >>> remove_backups("/nonexistent/run")  # nothing there: nothing to do
+    """
+    folder = os.path.join(run_dir, "checkpoints")
+    if not os.path.isdir(folder):
+        return
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        if name.startswith("backup") and os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif name.startswith("phase") and name.endswith("_done.npz"):
+            os.remove(path)
