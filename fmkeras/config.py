@@ -66,7 +66,9 @@ def read_yaml(path):
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
     except yaml.YAMLError as err:
-        raise ConfigError(f"Config file {path!r} is not valid YAML: {err}") from None
+        # One line: PyYAML's message spans several (the CLI prints errors as one line).
+        raise ConfigError(f"Config file {path!r} is not valid YAML: "
+                          f"{' '.join(str(err).split())}") from None
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"Cannot read config file {path!r}: {err}") from None
     if data is None:
@@ -462,7 +464,9 @@ def apply_overrides(data, overrides):
         node = data
         parts = key.split(".")
         for part in parts[:-1]:
-            child = node.setdefault(part, {})
+            child = node.get(part)
+            if child is None:  # absent, or an empty section in YAML ("train:")
+                child = node[part] = {}
             if not isinstance(child, dict):
                 raise ConfigError(
                     f"Cannot set {key!r}: {part!r} is a value, not a section. Received: {text!r}")

@@ -65,6 +65,21 @@ def test_yaml_python_tags_are_rejected_without_running(tmp_path):
     assert not canary.exists()
 
 
+def test_malformed_yaml_is_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML") as caught:
+        config_lib.load_config(ImageClassificationConfig, str(bad))
+    assert "\n" not in str(caught.value)
+
+
+def test_an_empty_section_takes_overrides(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("task: image-classification\ntrain:\n")
+    config = config_lib.load_config(ImageClassificationConfig, str(path), ["train.epochs=3"])
+    assert config.train.epochs == 3
+
+
 def test_non_mapping_yaml(tmp_path):
     bad = tmp_path / "list.yaml"
     bad.write_text("- 1\n- 2\n")

@@ -140,6 +140,14 @@ def test_translator_export_refuses_vectorizers_the_model_was_not_built_for(sizes
         export.translator_archive(model, source, target)
 
 
+def test_serve_images_refuses_pixels_of_another_size(exported):
+    _, _, path = exported
+    serve = tf.saved_model.load(path).signatures["serve_images"]
+    for shape in ((1, 16, 16, 1), (1, 8, 8, 3)):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"\[\?,8,8,1\]"):
+            serve(images=tf.zeros(shape))
+
+
 def test_an_empty_request_gets_empty_answers(exported):
     _, _, path = exported
     loaded = tf.saved_model.load(path)

@@ -90,8 +90,14 @@ def test_conditional_generator_export_is_checked(tmp_path):
         with pytest.raises(tf.errors.InvalidArgumentError, match=r"Expected labels \[0, 3\)"):
             loaded.signatures["serving_default"](latents=tf.zeros((2, 4)),
                                                  labels=tf.constant(labels, tf.int32))
-    with pytest.raises(tf.errors.InvalidArgumentError, match="Expected batch_size >= 0"):
-        loaded.signatures["sample"](batch_size=tf.constant(-2), seed=tf.constant(1))
+    for batch_size in (-2, export_lib.MAX_SAMPLE_BATCH + 1):  # one request is one batch
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"Expected batch_size \[0, "):
+            loaded.signatures["sample"](batch_size=tf.constant(batch_size), seed=tf.constant(1))
+    # NaN latents would come back as black images: refused.
+    for bad in (np.nan, np.inf):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="Expected finite latents"):
+            loaded.signatures["serving_default"](latents=tf.constant([[bad, 0, 0, 0]]),
+                                                 labels=tf.constant([0], tf.int32))
 
 
 def test_bad_config_values_raise_clear_errors(tmp_path):

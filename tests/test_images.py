@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import DIGITS, write_corrupt_jpeg, write_image_folder
 from PIL import Image
 
@@ -125,6 +126,36 @@ def test_bad_color_mode_and_split():
     index = images.index_directory(os.path.join(DIGITS, "test"))
     with pytest.raises(DataError, match="validation_split"):
         images.split_index(index, 1.5, seed=0)
+
+
+def test_dataset_arguments_that_would_fail_later_are_named(tmp_path):
+    root = write_image_folder(tmp_path / "d", classes=("a", "b", "c"), per_class=1, size=(8, 8))
+    with pytest.raises(DataError, match=r"leaves no image for validation \(images per class: "
+                                        r"\[1, 1, 1\]\)"):
+        images.image_dataset(root, 8, validation_split=0.2, subset="both")
+    with pytest.raises(DataError, match="Received: validation_split='0.2'"):
+        images.image_dataset(root, 8, validation_split="0.2", subset="both")
+    for bad in (2, 0):
+        with pytest.raises(DataError, match=f"num_classes >= the 3 classes.*num_classes={bad}"):
+            images.image_dataset(root, 8, num_classes=bad, label_mode="categorical")
+    with pytest.raises(DataError, match="Received: seed='1'"):
+        images.image_dataset(root, 8, shuffle=True, seed="1")
+    # seed=None, as in Keras: a random order.
+    ds = images.image_dataset(root, 8, batch_size=3, shuffle=True, seed=None)
+    assert sorted(next(iter(ds))[1].numpy().tolist()) == [0, 1, 2]
+
+
+def test_grey_with_alpha_keeps_its_alpha_in_rgba(tmp_path):
+    path = tmp_path / "la.png"
+    Image.fromarray(np.dstack([np.full((4, 4), 100, np.uint8), np.full((4, 4), 7, np.uint8)]),
+                    mode="LA").save(path)
+    pixels = images.decode_image(tf.io.read_file(str(path)), channels=4).numpy()
+    np.testing.assert_array_equal(pixels[0, 0], [100, 100, 100, 7])
+    grey = tmp_path / "l.png"
+    Image.fromarray(np.full((4, 4), 100, np.uint8)).save(grey)
+    np.testing.assert_array_equal(
+        images.decode_image(tf.io.read_file(str(grey)), channels=4).numpy()[0, 0],
+        [100, 100, 100, 255])
 
 
 @pytest.mark.parametrize("kwargs, match", [

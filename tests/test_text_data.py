@@ -121,6 +121,39 @@ def test_labelled_tsv_and_csv(tmp_path):
     assert read_labelled_text(bad, "sentence", "lang").class_names == ["es"]
 
 
+def test_readers_take_pathlib_paths(tmp_path):
+    tsv = tmp_path / "t.tsv"
+    tsv.write_text("text\tlabel\nhola\tes\nhello\ten\n", encoding="utf-8")
+    assert read_labelled_text(tsv).texts == ["hola", "hello"]
+    pairs = tmp_path / "p.tsv"
+    pairs.write_bytes(b"\xef\xbb\xbfgo\tve\r\n")  # a BOM and CRLF: the report path runs
+    with pytest.warns(UserWarning, match="bom=1"):
+        assert read_parallel_tsv(pairs).sources == ["go"]
+    save_vocabulary(["", "[UNK]", "hola"], tmp_path / "v.txt")
+    assert load_vocabulary(tmp_path / "v.txt") == ["", "[UNK]", "hola"]
+    with pytest.raises(DataError, match="Expected a TSV/CSV file or folder path"):
+        read_labelled_text(None)
+
+
+def test_label_selection_that_keeps_nothing_is_refused(tmp_path):
+    tsv = write(tmp_path / "t.tsv", b"text\tlabel\nhola\tes\nhello\ten\n")
+    with pytest.raises(DataError, match=r"class_names=\['fr'\].*Received: only the labels "
+                                        r"\['en', 'es'\]"):
+        read_labelled_text(tsv, class_names=["fr"], warn=False)
+    with pytest.raises(DataError, match="a list of label strings"):
+        read_labelled_text(tsv, class_names="en")
+    for bad in (0, -1, 2.5):
+        with pytest.raises(DataError, match=f"max_chars={bad!r}"):
+            read_labelled_text(tsv, max_chars=bad)
+
+
+def test_hand_written_vocabulary_files_keep_every_token(tmp_path):
+    plain = write(tmp_path / "v.txt", b"\n[UNK]\nhola")  # no newline after the last token
+    assert load_vocabulary(plain) == ["", "[UNK]", "hola"]
+    bom = write(tmp_path / "b.txt", b"\xef\xbb\xbf\r\n[UNK]\r\nhola\r\n")  # an editor's
+    assert load_vocabulary(bom) == ["", "[UNK]", "hola"]
+
+
 def test_labelled_text_folder(tmp_path):
     for label, name, data in [("en", "1.txt", b"hello\r\nworld"), ("es", "1.txt", b"hola"),
                               ("es", "2.txt", b"\xef\xbb\xbf\xc2\xbfqu\xc3\xa9?"),

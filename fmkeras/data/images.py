@@ -183,7 +183,12 @@ def _to_channels(image, channels):
         if channels == 1:
             return grey
         rgb = tf.concat([grey, grey, grey], axis=-1)
-        return rgb if channels == 3 else tf.concat([rgb, tf.fill(tf.shape(grey), 255.0)], -1)
+        if channels == 3:
+            return rgb
+        # Grey + alpha PNGs keep their alpha; plain grey is opaque.
+        alpha = tf.cond(have == 2, lambda: image[..., 1:2],
+                        lambda: tf.fill(tf.shape(grey), 255.0))
+        return tf.concat([rgb, alpha], -1)
 
     def from_colour():
         rgb = image[..., :3]
@@ -271,6 +276,13 @@ def validate_index(index, max_bad_fraction=0.05, decode=True):
                                labels=index.labels[good])
 
 
+def _check_split(validation_split):
+    if (isinstance(validation_split, bool) or not isinstance(validation_split, (int, float))
+            or not 0 <= validation_split < 1):
+        raise DataError(
+            f"Expected validation_split in [0, 1). Received: validation_split={validation_split!r}")
+
+
 def split_index(index, validation_split, seed):
     """Split a :class:`DirectoryIndex` into (train, validation) by a fixed seed.
 
@@ -293,9 +305,7 @@ def split_index(index, validation_split, seed):
     >>> len(val) > 100
     True
     """
-    if not 0 <= validation_split < 1:
-        raise DataError(
-            f"Expected validation_split in [0, 1). Received: validation_split={validation_split!r}")
+    _check_split(validation_split)
     if not validation_split:
         return index, None
     rng = np.random.default_rng(seed)
@@ -306,6 +316,11 @@ def split_index(index, validation_split, seed):
         if len(rows) >= 2:
             count = min(max(count, 1), len(rows) - 1)
         val_rows.extend(rng.permutation(rows)[:count].tolist())
+    if not val_rows:
+        counts = np.bincount(index.labels, minlength=len(index.class_names)).tolist()
+        raise DataError(f"validation_split={validation_split} leaves no image for validation "
+                        f"(images per class: {counts}). Expected a class with at least 2 "
+                        f"images, or a larger split")
     val_mask = np.zeros(len(index), bool)
     val_mask[val_rows] = True
 
@@ -377,6 +392,12 @@ def image_dataset(source, image_size, batch_size=32, color_mode="rgb", shuffle=F
     image_size = check_image_size(image_size)
     if not is_count(batch_size, 1):
         raise DataError(f"Expected a positive batch_size. Received: batch_size={batch_size!r}")
+    if seed is None:  # as in Keras: a random order, drawn once
+        seed = int(np.random.default_rng().integers(2**31 - 1))
+    elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise DataError(f"Expected an integer seed, or None. Received: seed={seed!r}")
+    if validation_split is not None:
+        _check_split(validation_split)
     settings = dict(image_size=image_size, batch_size=batch_size, color_mode=color_mode,
                     seed=seed, cache=cache, rescale=rescale, label_mode=label_mode)
     if validation_split:
@@ -399,6 +420,10 @@ def image_dataset(source, image_size, batch_size=32, color_mode="rgb", shuffle=F
         val = tfds_images.tfds_image_dataset(source, split=f"train[{keep}%:]", **settings)[0]
         return {"training": train, "validation": val, "both": (train, val)}[subset]
     index = source if isinstance(source, DirectoryIndex) else index_directory(source)
+    if num_classes is not None and (not is_count(num_classes, 1)
+                                    or num_classes < len(index.class_names)):
+        raise DataError(f"Expected num_classes >= the {len(index.class_names)} classes found "
+                        f"({index.class_names}), or None. Received: num_classes={num_classes!r}")
     if validate:
         index = validate_index(index, max_bad_fraction)
     if validation_split:

@@ -126,6 +126,21 @@ def truncate_text(text, max_chars):
     return text[:end], True
 
 
+def _file_path(path, what="file"):
+    """``path`` (a str or ``os.PathLike``) as a str; a clear error for anything else."""
+    try:
+        return os.fspath(path)
+    except TypeError:
+        raise DataError(f"Expected a {what} path (str or os.PathLike). Received: "
+                        f"{path!r}") from None
+
+
+def _check_max_chars(max_chars):
+    if max_chars is not None and not is_count(max_chars, 1):
+        raise DataError(f"Expected max_chars an integer >= 1, or None. Received: "
+                        f"max_chars={max_chars!r}")
+
+
 def _clean(raw, where, report):
     """``raw`` without a leading BOM, CR before LF, and NUL bytes, each counted."""
     if raw.startswith(_BOM):
@@ -318,6 +333,8 @@ def read_parallel_tsv(path, max_chars=None, warn=True):
     >>> len(corpus.sources) == len(corpus.targets)
     True
     """
+    path = _file_path(path, "TSV file")
+    _check_max_chars(max_chars)
     report = ReadReport()
     sources, targets = [], []
     for number, line in _decoded_lines(path, report):
@@ -421,6 +438,8 @@ def read_text_column(path, text_column="text", max_chars=None, warn=True):
     """
     report = ReadReport()
     texts = []
+    path = _file_path(path, "text file")
+    _check_max_chars(max_chars)
     if path.lower().endswith(".txt"):
         rows = ((number, [text]) for number, text in _decoded_lines(path, report))
         column = 0
@@ -521,6 +540,12 @@ def read_labelled_text(path, text_column="text", label_column="label", max_chars
     >>> "es" in data.class_names
     True
     """
+    path = _file_path(path, "TSV/CSV file or folder")
+    _check_max_chars(max_chars)
+    if class_names is not None and (isinstance(class_names, (str, bytes))
+                                    or not all(isinstance(c, str) for c in class_names)):
+        raise DataError(f"Expected class_names a list of label strings, or None. Received: "
+                        f"class_names={class_names!r}")
     report = ReadReport()
     if os.path.isdir(path):
         texts, labels = _read_text_folder(path, max_chars, report)
@@ -537,6 +562,9 @@ def read_labelled_text(path, text_column="text", label_column="label", max_chars
     kept = [i for i, label in enumerate(labels) if label in index]
     for i in sorted(set(range(len(labels))) - set(kept)):
         report.add("unknown_label", path, f"label {labels[i]!r} not in class_names")
+    if not kept:
+        raise DataError(f"Expected texts labelled with one of class_names={names!r} in {path}. "
+                        f"Received: only the labels {sorted(set(labels))!r}")
     report.records = len(kept)
     if warn:
         report.warn()
@@ -649,6 +677,7 @@ def save_vocabulary(vocabulary, path):
     """
     if hasattr(vocabulary, "get_vocabulary"):
         vocabulary = vocabulary.get_vocabulary()
+    path = _file_path(path, "vocabulary file")
     tokens = [str(token) for token in vocabulary]
     folder = os.path.dirname(path)
     if folder:
@@ -675,13 +704,18 @@ def load_vocabulary(path):
     >>> load_vocabulary("/tmp/vocab.json")
     ['', '[UNK]', 'hola']
     """
+    path = _file_path(path, "vocabulary file")
     if not os.path.isfile(path):
         raise DataError(f"Expected a saved vocabulary file. Received: path={path!r}")
-    with open(path, encoding="utf-8") as handle:
+    # utf-8-sig: a byte-order mark from an editor is not part of the first token.
+    with open(path, encoding="utf-8-sig") as handle:
         if path.lower().endswith(".json"):
             tokens = json.load(handle)
         else:
-            tokens = handle.read().split("\n")[:-1]
+            tokens = handle.read().split("\n")
+            if tokens[-1] == "":  # the newline that ends the last token
+                tokens.pop()
+            tokens = [t[:-1] if t.endswith("\r") else t for t in tokens]
     if not isinstance(tokens, list) or not tokens:
         raise DataError(f"Expected a non-empty list of tokens in {path}. "
                         f"Received: {type(tokens).__name__} of length {len(tokens)}")

@@ -18,7 +18,7 @@ from fmkeras.export.core import (
     numpy_outputs,
     write_versioned,
 )
-from fmkeras.export.generator import export_generator, generator_archive
+from fmkeras.export.generator import MAX_SAMPLE_BATCH, export_generator, generator_archive
 from fmkeras.export.image import export_image_classifier, image_classifier_archive
 from fmkeras.export.text import (
     export_text_classifier,
@@ -27,7 +27,8 @@ from fmkeras.export.text import (
     translator_archive,
 )
 
-__all__ = ["ExportError", "check_export", "export_generator", "generator_archive",
+__all__ = ["ExportError", "MAX_SAMPLE_BATCH", "check_export", "export_generator",
+           "generator_archive",
            "export_image_classifier", "image_classifier_archive",
            "export_text_classifier", "export_translator", "text_classifier_archive",
            "translator_archive",

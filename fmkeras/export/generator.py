@@ -11,6 +11,9 @@ import tensorflow as tf
 from fmkeras.errors import FmkerasError
 from fmkeras.export.core import check_export, numpy_outputs, write_versioned
 
+# The most images one ``sample`` request may ask for (a request is one batch in memory).
+MAX_SAMPLE_BATCH = 4096
+
 
 def _num_classes(generator):
     if len(generator.inputs) == 1:
@@ -60,6 +63,8 @@ def generator_archive(generator):
       ``tf.random.stateless_normal`` (and, when conditional, the labels with
       ``tf.random.stateless_uniform``) so one seed always gives the same
       images; returns ``images`` (and ``labels`` when conditional).
+      ``batch_size`` is at most ``MAX_SAMPLE_BATCH`` (4096); non-finite
+      latents are refused.
 
     Args:
         generator: ``keras.Model`` mapping latents (and ``(batch, 1)``
@@ -84,6 +89,8 @@ def generator_archive(generator):
     latent_spec = tf.TensorSpec((None, latent_dim), tf.float32, name="latents")
 
     def generate(latents, labels=None):
+        # NaN would come out as a black image: refuse non-finite latents.
+        latents = tf.debugging.assert_all_finite(latents, "Expected finite latents")
         if labels is not None:
             # An unchecked label outside the table gathers zeros on a GPU: refuse it.
             labels = _checked(labels, 0, num_classes, "labels")
@@ -91,7 +98,7 @@ def generator_archive(generator):
         return to_uint8(generator(inputs, training=False))
 
     def sample(batch_size, seed):
-        batch_size = _checked(batch_size, 0, None, "batch_size")
+        batch_size = _checked(batch_size, 0, MAX_SAMPLE_BATCH + 1, "batch_size")
         seeds = tf.stack([tf.cast(seed, tf.int32), tf.constant(0, tf.int32)])
         latents = tf.random.stateless_normal((batch_size, latent_dim), seed=seeds)
         if num_classes is None:

@@ -76,6 +76,9 @@ def image_classifier_archive(model, class_names, image_size, channels, rescale=1
         return outputs(pixels)
 
     def serve_images(images):
+        # A signature does not enforce its shape: refuse wrong sizes instead of
+        # answering with confident nonsense.
+        images = tf.ensure_shape(images, (None, height, width, channels))
         return outputs(tf.cast(images, tf.float32))
 
     archive = keras.export.ExportArchive()
