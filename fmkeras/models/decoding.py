@@ -26,12 +26,17 @@ _NEG_INF = -1e9  # Finite, so sums of "impossible" scores never become NaN.
 _COMPILED = weakref.WeakKeyDictionary()  # model -> {settings: tf.function}
 
 
+def _sequence_length(model, layer_name):
+    """The ``sequence_length`` of the model's embedding layer ``layer_name``, or None."""
+    try:
+        return model.get_layer(layer_name).sequence_length
+    except ValueError:
+        return None
+
+
 def _max_length(model, max_length):
     """The decode length asked for, or the decoder embedding's length."""
-    try:
-        limit = model.get_layer("decoder_embedding").sequence_length
-    except ValueError:
-        limit = None
+    limit = _sequence_length(model, "decoder_embedding")
     if max_length is None:
         if limit is None:
             raise ValueError("Expected `max_length`, or a model with a `decoder_embedding` "
@@ -151,10 +156,7 @@ def _run(graph, model, encoder_inputs, settings):
     if encoder_inputs.shape.rank not in (None, 2):
         raise ValueError(f"Expected encoder_inputs of shape (batch, source_length). "
                          f"Received: shape {tuple(encoder_inputs.shape)}")
-    try:
-        limit = model.get_layer("encoder_embedding").sequence_length
-    except ValueError:
-        limit = None
+    limit = _sequence_length(model, "encoder_embedding")
     length = encoder_inputs.shape[-1] if encoder_inputs.shape.rank == 2 else None
     if limit is not None and length is not None and length > limit:
         raise ValueError(f"Expected encoder_inputs of at most the model's sequence_length="
