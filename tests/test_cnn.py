@@ -260,3 +260,20 @@ def test_fast_cnn_trains_and_keeps_its_whitening_frozen():
     model.fit(images, labels, epochs=8, batch_size=16, verbose=0)
     assert model.evaluate(images, labels, verbose=0) < before
     np.testing.assert_array_equal(model.get_layer("whitening").kernel.numpy(), kernel)
+
+
+def test_numpy_scalars_are_taken_where_numbers_are():
+    """``num_classes = labels.max() + 1`` is an np.int64; Keras' layers refuse those."""
+    from fmkeras.data import ImageDataGenerator
+    from fmkeras.models import lstm_classifier, transformer_classifier
+
+    n = np.int64
+    assert simple_cnn((8, 8, 1), n(3), filters=(n(4),)).output_shape == (None, 3)
+    assert resnet((8, 8, 1), n(3), depth=n(8)).output_shape == (None, 3)
+    assert mlp((4,), [n(8)], n(2)).output_shape == (None, 2)
+    assert transformer_classifier(n(20), n(8), n(3), d_model=n(8), num_heads=n(2), ff_dim=n(8),
+                                  num_layers=n(1)).output_shape == (None, 3)
+    assert lstm_classifier(n(20), n(3), embedding_dim=n(4), units=n(4)).output_shape == (None, 3)
+    flow = ImageDataGenerator(rescale=np.float32(1 / 255)).flow(
+        np.zeros((4, 8, 8, 1)), np.arange(4), batch_size=n(2), shuffle=False)
+    assert flow[0][0].shape == (2, 8, 8, 1)

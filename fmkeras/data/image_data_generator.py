@@ -27,6 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from fmkeras._scalars import accepts_numpy_scalars
 from fmkeras.data.augment import (
     Augmentation,
     augment_images,
@@ -110,6 +111,7 @@ class ImageDataGenerator:
     ((16, 8, 8, 1), (16, 10), True)
     """
 
+    @accepts_numpy_scalars
     def __init__(self, featurewise_center=False, samplewise_center=False,
                  featurewise_std_normalization=False, samplewise_std_normalization=False,
                  zca_whitening=False, zca_epsilon=1e-6, rotation_range=0,
@@ -386,6 +388,7 @@ class ImageDataGenerator:
                          for image in batch]).astype(np.float32)
 
     # ---------------------------------------------------------------------- flows
+    @accepts_numpy_scalars
     def flow(self, x, y=None, batch_size=32, shuffle=True, sample_weight=None, seed=None,
              save_to_dir=None, save_prefix="", save_format="png", ignore_class_split=False,
              subset=None):
@@ -421,6 +424,7 @@ class ImageDataGenerator:
             x, y, self, batch_size=batch_size, shuffle=shuffle, sample_weight=sample_weight,
             seed=seed, subset=subset, ignore_class_split=ignore_class_split)
 
+    @accepts_numpy_scalars
     def flow_from_directory(self, directory, target_size=(256, 256), color_mode="rgb",
                             classes=None, class_mode="categorical", batch_size=32, shuffle=True,
                             seed=None, save_to_dir=None, save_prefix="", save_format="png",
@@ -476,6 +480,7 @@ class ImageDataGenerator:
             follow_links=follow_links, subset=subset, interpolation=interpolation,
             cache=cache, validate_images=validate_images, max_bad_fraction=max_bad_fraction)
 
+    @accepts_numpy_scalars
     def flow_from_dataframe(self, dataframe, directory=None, x_col="filename", y_col="class",
                             weight_col=None, target_size=(256, 256), color_mode="rgb",
                             classes=None, class_mode="categorical", batch_size=32, shuffle=True,

@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from fmkeras._scalars import accepts_numpy_scalars
 from fmkeras.config import is_count
 from fmkeras.errors import DataError
 
@@ -331,6 +332,7 @@ def split_index(index, validation_split, seed):
     return take(~val_mask), take(val_mask)
 
 
+@accepts_numpy_scalars
 def image_dataset(source, image_size, batch_size=32, color_mode="rgb", shuffle=False,
                   seed=0, cache=True, rescale=1.0 / 255, num_classes=None,
                   label_mode="int", augment=None, validate=True, max_bad_fraction=0.05,

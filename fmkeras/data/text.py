@@ -22,6 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from fmkeras._scalars import accepts_numpy_scalars
 from fmkeras.config import is_count
 from fmkeras.errors import DataError
 
@@ -253,6 +254,7 @@ class LabelledText:
                                                  seed, labels=self.labels).items()}
 
 
+@accepts_numpy_scalars
 def split_indices(num_examples, validation_split=0.1, test_split=0.1, seed=1337, labels=None):
     """Shuffles ``range(num_examples)`` with ``seed`` and cuts it in three.
 
@@ -612,6 +614,7 @@ def add_start_end(texts):
     return [f"{START_TOKEN} {text} {END_TOKEN}" for text in texts]
 
 
+@accepts_numpy_scalars
 def text_vectorizer(sequence_length, max_tokens=None, vocabulary=None, texts=None,
                     name="text_vectorizer"):
     """Builds a ``TextVectorization`` layer with :func:`standardize_text`.

@@ -16,6 +16,7 @@ import warnings
 import keras
 from keras import ops
 
+from fmkeras._scalars import accepts_numpy_scalars
 from fmkeras.errors import ConfigError, keras_download
 from fmkeras.models import cnn
 from fmkeras.models._checks import check_model
@@ -112,6 +113,7 @@ def canonical_name(name):
                       f"Received: {name!r}")
 
 
+@accepts_numpy_scalars
 def backbone(name, input_shape, weights=None, skip_mismatch=False, **kwargs):
     """A headless ``keras.applications`` network that takes ``[0, 255]`` pixels.
 
@@ -227,6 +229,7 @@ def load_backbone_weights(model, path, skip_mismatch=False):
                       f"they do not match {path!r}.", UserWarning, stacklevel=2)
 
 
+@accepts_numpy_scalars
 def image_classifier(backbone_model, num_classes, dropout=0.2, pooling="avg", hidden_units=0,
                      name="image_classifier"):
     """Pooling, an optional hidden layer, dropout and a float32 softmax on a backbone.

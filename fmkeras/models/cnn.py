@@ -12,6 +12,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from fmkeras._scalars import accepts_numpy_scalars
 from fmkeras.models._checks import (
     check_image_sides,
     check_input_shape,
@@ -58,6 +59,7 @@ def apply_conv_stages(x, filters=(32, 64, 128), kernel_size=3, dtype=None):
     return x
 
 
+@accepts_numpy_scalars
 def simple_cnn(input_shape, num_classes, filters=(32, 64, 128), dense_units=128,
                dropout=0.5, kernel_size=3, activation="softmax", dtype=None,
                name="simple_cnn"):
@@ -174,6 +176,7 @@ def apply_resnet_stages(x, depth=20, base_filters=16, dtype=None):
     return x
 
 
+@accepts_numpy_scalars
 def resnet(input_shape, num_classes, depth=20, base_filters=16, activation="softmax",
            dtype=None, name=None):
     """The CIFAR-style ResNet of He et al. (2016): ``depth = 6n + 2`` layers.
@@ -317,6 +320,7 @@ class PatchWhitening(layers.Layer):
         return {**super().get_config(), "patch_size": self.patch_size, "epsilon": self.epsilon}
 
 
+@accepts_numpy_scalars
 def fast_cnn(input_shape, num_classes, widths=(64, 256, 256), whitening=True,
              bn_momentum=0.4, logit_scale=1 / 9, identity_init=True, activation="softmax",
              whitening_activation="relu", dtype=None, name="fast_cnn"):
@@ -438,6 +442,7 @@ def adapt_whitening(model, images):
     return adapted
 
 
+@accepts_numpy_scalars
 def mlp(input_shape, hidden_units, num_outputs, dropout=0.0, activation="relu",
         output_activation="softmax", dtype=None, name="mlp"):
     """A multi-layer perceptron; multi-dimensional inputs are flattened first.

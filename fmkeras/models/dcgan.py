@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import keras
 
+from fmkeras._scalars import accepts_numpy_scalars
 from fmkeras.models._checks import check_positive_int, check_rate
 from fmkeras.models.normalization import FusedBatchNormalization
 
@@ -73,6 +74,7 @@ def _apply_upsample_block(x, filters, dtype, name):
     return keras.layers.ReLU(dtype=dtype, name=f"{name}_relu")(x)
 
 
+@accepts_numpy_scalars
 def dcgan_generator(
     latent_dim,
     image_shape,
@@ -141,6 +143,7 @@ def dcgan_generator(
     return keras.Model(inputs if num_classes is not None else latents, images, name=name)
 
 
+@accepts_numpy_scalars
 def dcgan_discriminator(
     image_shape,
     base_filters=64,

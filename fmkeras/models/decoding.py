@@ -20,6 +20,7 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
+from fmkeras._scalars import accepts_numpy_scalars
 from fmkeras.models.transformer import check_positive
 
 _NEG_INF = -1e9  # Finite, so sums of "impossible" scores never become NaN.
@@ -174,6 +175,7 @@ def _run(graph, model, encoder_inputs, settings):
     return cache[key](encoder_inputs)
 
 
+@accepts_numpy_scalars
 def greedy_search(model, encoder_inputs, start_id, end_id, max_length=None, from_logits=False):
     """Translates a batch by always taking the most probable next token.
 
@@ -204,6 +206,7 @@ def greedy_search(model, encoder_inputs, start_id, end_id, max_length=None, from
     return _run(_greedy_graph, model, encoder_inputs, settings)
 
 
+@accepts_numpy_scalars
 def beam_search(model, encoder_inputs, start_id, end_id, beam_width=4, length_penalty=0.6,
                 max_length=None, from_logits=False, return_scores=False):
     """Translates a batch keeping the ``beam_width`` best partial translations.

@@ -16,6 +16,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from fmkeras._scalars import accepts_numpy_scalars
 from fmkeras.config import is_count
 from fmkeras.models.transformer import PositionalEmbedding, TransformerEncoderBlock
 
@@ -63,6 +64,7 @@ def mask_tokens(token_ids, mask_id, vocab_size, rate=0.15, seed=(0, 0)):
     return inputs, token_ids, tf.cast(chosen, tf.float32)
 
 
+@accepts_numpy_scalars
 def mlm_model(vocab_size, sequence_length, d_model=128, num_heads=4, ff_dim=256, num_layers=2,
               dropout=0.1, dtype=None, name="mlm"):
     """A Transformer encoder with a per-position vocabulary softmax (uncompiled).

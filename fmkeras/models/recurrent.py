@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 
+from fmkeras._scalars import accepts_numpy_scalars
 from fmkeras.models.transformer import check_classes, check_positive, check_rate
 
 _CELLS = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}
@@ -31,6 +32,7 @@ def _recurrent_classifier(kind, vocab_size, num_classes, embedding_dim, units, n
     return keras.Model(inputs, outputs, name=name)
 
 
+@accepts_numpy_scalars
 def lstm_classifier(vocab_size, num_classes, embedding_dim=64, units=64, num_layers=1,
                     bidirectional=False, dropout=0.0, dtype=None, name="lstm_classifier"):
     """Builds an embedding + LSTM classifier that skips padded positions.
@@ -61,6 +63,7 @@ def lstm_classifier(vocab_size, num_classes, embedding_dim=64, units=64, num_lay
                                  num_layers, bidirectional, dropout, dtype, name)
 
 
+@accepts_numpy_scalars
 def gru_classifier(vocab_size, num_classes, embedding_dim=64, units=64, num_layers=1,
                    bidirectional=False, dropout=0.0, dtype=None, name="gru_classifier"):
     """Builds an embedding + GRU classifier that skips padded positions.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from fmkeras._scalars import accepts_numpy_scalars
 from fmkeras.models._checks import check_positive_int
 from fmkeras.models._checks import check_rate as _check_rate
 
@@ -508,6 +509,7 @@ def _output_head(x, units, activation, name, dtype):
     return keras.layers.Activation(activation, name=name, dtype="float32")(x)
 
 
+@accepts_numpy_scalars
 def transformer_seq2seq(source_vocab_size, target_vocab_size, sequence_length, d_model=128,
                         num_heads=4, ff_dim=256, num_encoder_layers=2, num_decoder_layers=2,
                         dropout=0.1, output_activation="softmax", dtype=None,
@@ -576,6 +578,7 @@ def transformer_seq2seq(source_vocab_size, target_vocab_size, sequence_length, d
                        outputs, name=name)
 
 
+@accepts_numpy_scalars
 def transformer_classifier(vocab_size, sequence_length, num_classes, d_model=128, num_heads=4,
                            ff_dim=256, num_layers=2, pooling="cls", dropout=0.1, dtype=None,
                            name="transformer_classifier"):

@@ -20,6 +20,8 @@ import warnings
 import keras
 import numpy as np
 
+from fmkeras._scalars import accepts_numpy_scalars
+
 QUANTIZATION_MODES = ("int8", "int4", "float8")
 
 
@@ -81,6 +83,7 @@ def _magnitude_mask(kernel, fraction):
     return (np.abs(kernel) > threshold).astype(kernel.dtype)
 
 
+@accepts_numpy_scalars
 def prune(model, sparsity_target):
     """Zero the smallest-magnitude ``sparsity_target`` of each Dense/Conv kernel, in place.
 

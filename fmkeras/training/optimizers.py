@@ -6,6 +6,7 @@ import warnings
 
 import keras
 
+from fmkeras._scalars import accepts_numpy_scalars
 from fmkeras.config import is_count
 from fmkeras.errors import ConfigError
 
@@ -289,6 +290,7 @@ def warmup_steps_for(steps_per_epoch, warmup_epochs, epochs, schedule="cosine"):
     return steps_per_epoch * warmup_epochs
 
 
+@accepts_numpy_scalars
 def learning_rate_schedule(learning_rate, schedule="constant", total_steps=None,
                            warmup_steps=0):
     """A learning rate (float or ``LearningRateSchedule``) by schedule name.
