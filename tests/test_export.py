@@ -148,6 +148,27 @@ def test_serve_images_refuses_pixels_of_another_size(exported):
             serve(images=tf.zeros(shape))
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "BMP"])
+def test_declared_pixels_are_read_from_the_header(fmt):
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((30, 41, 3), np.uint8)).save(buffer, format=fmt)
+    assert int(export.image.declared_pixels(tf.constant(buffer.getvalue()))) == 30 * 41
+
+
+def test_an_image_declaring_too_many_pixels_is_refused_before_decoding(exported):
+    _, _, path = exported
+    raw = bytearray(png((8, 8, 1)))
+    raw[16:24] = (40_000).to_bytes(4, "big") * 2  # claims 40000 x 40000 in 1 kB
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="at most 100,000,000 pixels"):
+        serve(image_bytes=tf.constant([png((8, 8, 1)), bytes(raw)]))
+    assert serve(image_bytes=tf.constant([png((8, 8, 1))]))["label"].shape == (1,)
+
+
 def test_an_empty_request_gets_empty_answers(exported):
     _, _, path = exported
     loaded = tf.saved_model.load(path)

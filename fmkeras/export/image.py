@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from fmkeras.data.image_files import MAX_PIXELS
 from fmkeras.data.images import decode_image
 from fmkeras.export.core import (
     ExportError,
@@ -16,6 +17,45 @@ from fmkeras.export.core import (
     numpy_outputs,
     write_versioned,
 )
+
+
+def declared_pixels(data):
+    """Pixels an encoded image declares in its header, read in the graph before decoding.
+
+    PNG, GIF and BMP sizes are read from their fixed header fields, JPEG's
+    with ``tf.io.extract_jpeg_shape``; anything else gives 0 (decoding then
+    fails with TensorFlow's own message).
+
+    Example:
+
+    >>> int(declared_pixels(tf.io.encode_png(tf.zeros((30, 40, 1), tf.uint8))))
+    1200
+    """
+    head = tf.cast(tf.io.decode_raw(tf.strings.substr(data, 0, 26), tf.uint8), tf.int64)
+    b = tf.pad(head, [[0, 26 - tf.shape(head)[0]]])
+
+    def big_endian(start):
+        return b[start] * 2**24 + b[start + 1] * 2**16 + b[start + 2] * 2**8 + b[start + 3]
+
+    def little_endian(start, size):
+        value = sum(b[start + i] * 2**(8 * i) for i in range(size))
+        if size == 4:  # signed (a BMP's height is negative when stored top-down)
+            value = tf.where(value >= 2**31, value - 2**32, value)
+        return tf.abs(value)
+
+    def jpeg():
+        shape = tf.cast(tf.io.extract_jpeg_shape(data), tf.int64)
+        return shape[0] * shape[1]
+
+    return tf.case([
+        (tf.logical_and(tf.equal(b[0], 0x89), tf.equal(b[1], ord("P"))),
+         lambda: big_endian(16) * big_endian(20)),
+        (tf.logical_and(tf.equal(b[0], 0xFF), tf.equal(b[1], 0xD8)), jpeg),
+        (tf.logical_and(tf.equal(b[0], ord("G")), tf.equal(b[1], ord("I"))),
+         lambda: little_endian(6, 2) * little_endian(8, 2)),
+        (tf.logical_and(tf.equal(b[0], ord("B")), tf.equal(b[1], ord("M"))),
+         lambda: little_endian(18, 4) * little_endian(22, 4)),
+    ], default=lambda: tf.constant(0, tf.int64), exclusive=False)
 
 
 def image_classifier_archive(model, class_names, image_size, channels, rescale=1.0 / 255):
@@ -69,9 +109,18 @@ def image_classifier_archive(model, class_names, image_size, channels, rescale=1
         label = tf.gather(names, tf.argmax(probabilities, axis=-1))
         return {"probabilities": probabilities, "label": label}
 
+    def decode(data):
+        # A small file can declare a huge image: refuse it before decoding, as
+        # training does, so one request cannot exhaust the server's memory.
+        checked = tf.debugging.assert_less_equal(
+            declared_pixels(data), tf.constant(MAX_PIXELS, tf.int64),
+            message=f"Expected images of at most {MAX_PIXELS:,} pixels")
+        with tf.control_dependencies([checked]):
+            return decode_image(data, channels, (height, width))
+
     def serve_bytes(image_bytes):
         pixels = tf.map_fn(
-            lambda data: decode_image(data, channels, (height, width)),
+            decode,
             image_bytes, fn_output_signature=tf.TensorSpec((height, width, channels), tf.float32))
         return outputs(pixels)
 
