@@ -333,8 +333,9 @@ def standard_callbacks(run_dir, monitor="val_loss", early_stopping_patience=None
 
     Writes into ``run_dir``: ``checkpoints/best.keras`` (best ``monitor``),
     ``checkpoints/backup/`` (:class:`ResumableBackup`: rerunning an
-    interrupted run in the same directory resumes it), ``history.csv`` and
-    ``tensorboard/``.
+    interrupted run in the same directory resumes it; the backup stays after
+    ``fit`` until :func:`fmkeras.training.checkpoints.remove_backups`),
+    ``history.csv`` and ``tensorboard/``.
 
     Args:
         run_dir: str. The run directory.

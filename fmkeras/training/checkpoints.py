@@ -168,6 +168,12 @@ def has_backup(backup_dir):
 class ResumableBackup(keras.callbacks.Callback):
     """Back up training at epoch ends and resume from the newest good backup.
 
+    The backup outlives ``fit`` (with its last epoch), so work done after
+    training (evaluation, export) can be interrupted without losing it: a
+    later ``fit`` in the same folder restores that epoch and trains only
+    the epochs left. Call :func:`remove_backups` when the run is complete,
+    so that the next run in the folder starts afresh.
+
     Args:
         backup_dir: str. Folder for the backups (``<run_dir>/checkpoints/backup``).
         identity: dict. What must match to resume (resolved model, optimizer
