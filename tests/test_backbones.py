@@ -98,6 +98,8 @@ def test_classifier_rejects_bad_arguments():
     features = tiny()
     with pytest.raises(ValueError, match="Received: num_classes=0"):
         backbones.image_classifier(features, 0)
+    with pytest.raises(ValueError, match="softmax over one unit"):
+        backbones.image_classifier(features, 1)
     with pytest.raises(ValueError, match="Received: pooling='sum'"):
         backbones.image_classifier(features, 2, pooling="sum")
     with pytest.raises(ValueError, match="Expected `backbone_model` to be a keras.Model. "

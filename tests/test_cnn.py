@@ -100,6 +100,8 @@ def test_get_config_and_keras_file_round_trip(name, tmp_path):
     (lambda: simple_cnn((16, 16, 1), 2, dropout=1.5), "dropout"),
     (lambda: resnet((32, 32, 3), 10, depth=21), "6n + 2"),
     (lambda: mlp((8,), (0,), 2), "hidden_units"),
+    (lambda: simple_cnn((16, 16, 1), 1), "A softmax over one unit always outputs 1"),
+    (lambda: mlp((8,), (4,), 1), "output_activation='sigmoid'"),
 ])
 def test_bad_arguments_name_what_was_received(call, message):
     with pytest.raises(ValueError, match="Received") as info:
@@ -155,6 +157,10 @@ def test_fast_cnn_rejects_images_too_small_for_its_blocks():
         fast_cnn((32, 32, 3), 10, widths=(4, 0))
     with pytest.raises(ValueError, match=r"input_shape=\(None, 8, 3\)"):
         fast_cnn((None, 8, 3), 10, widths=(4, 4, 4))
+    with pytest.raises(ValueError, match="Received: bn_momentum='0.4'"):
+        fast_cnn((32, 32, 3), 10, widths=(4,), bn_momentum="0.4")
+    with pytest.raises(ValueError, match="Received: logit_scale='0.1'"):
+        fast_cnn((32, 32, 3), 10, widths=(4,), logit_scale="0.1")
 
 
 def test_fast_cnn_takes_any_image_size_when_height_and_width_are_none():

@@ -298,6 +298,13 @@ def _fitted(x):
      r"one image of rank 3 \(channels_last\). Received: x.shape=\(4, 4\)"),
     (lambda d: ImageDataGenerator().apply_transform(np.zeros((4, 4, 1)), {"angle": 3}),
      FmkerasError, r"Unknown transform parameters \['angle'\]"),
+    (lambda d: ImageDataGenerator(featurewise_center=True, rotation_range=5).fit(
+        np.ones((2, 4, 4, 1)), augment=True, rounds=0), FmkerasError, "Received: rounds=0"),
+    (lambda d: ImageDataGenerator(featurewise_center=True).fit(np.full((2, 4, 4, 1), np.nan)),
+     FmkerasError, "finite pixels. Received: 32 NaN"),
+    (lambda d: next(iter(ImageDataGenerator(preprocessing_function=lambda x: x[:2]).flow(
+        np.ones((2, 4, 4, 1)), batch_size=2))), Exception,
+     r"the shape it was given, \(4, 4, 1\). Received: an array of shape \(2, 4, 1\)"),
 ])
 def test_bad_input_raises_clear_errors(image_dir, make, error, match):
     with pytest.raises(error, match=match) as info:

@@ -106,6 +106,8 @@ def test_dataset_order_labels_and_rescale():
     first = np.asarray(Image.open(index.paths[0]), np.float32) / 255.0
     x, _ = next(iter(ds))
     np.testing.assert_allclose(x[0, ..., 0], first, atol=1e-6)
+    raw = images.image_dataset(index, 8, batch_size=64, color_mode="grayscale", rescale=None)
+    np.testing.assert_allclose(next(iter(raw))[0][0, ..., 0], first * 255.0, atol=1e-4)
 
 
 def test_shuffle_changes_per_epoch_but_is_seeded():
@@ -164,6 +166,9 @@ def test_grey_with_alpha_keeps_its_alpha_in_rgba(tmp_path):
     (dict(image_size="16"), "Received: image_size='16'"),
     (dict(image_size=16, batch_size=0), "Received: batch_size=0"),
     (dict(image_size=16, batch_size=0, shuffle=True), "Received: batch_size=0"),
+    (dict(image_size=16, rescale="1/255"), "Received: rescale='1/255'"),
+    (dict(image_size=16, augment="flip"), "Received: augment='flip'"),
+    (dict(image_size=16, augment="flip", shuffle=True), "Received: augment='flip'"),
 ])
 def test_bad_sizes_are_refused_before_reading(kwargs, match):
     with pytest.raises(DataError, match=match):

@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from fmkeras._scalars import accepts_numpy_scalars
+from fmkeras.config import is_count
 from fmkeras.data.augment import (
     Augmentation,
     augment_images,
@@ -203,6 +204,12 @@ class ImageDataGenerator:
         if x.ndim != 4:
             raise FmkerasError(
                 f"Expected fit(x) with a rank-4 image batch. Received: x.shape={x.shape}")
+        if not np.isfinite(x).all():
+            raise FmkerasError(f"Expected fit(x) with finite pixels. Received: "
+                               f"{np.size(x) - np.isfinite(x).sum()} NaN or infinite values")
+        if augment and not is_count(rounds, 1):
+            raise FmkerasError(
+                f"Expected rounds to be a positive integer. Received: rounds={rounds!r}")
         if self.rescale:
             x *= self.rescale
         if augment:
@@ -384,8 +391,16 @@ class ImageDataGenerator:
         return self.apply_transform(x, self.get_random_transform(np.shape(x), seed))
 
     def _apply_preprocessing(self, batch):
-        return np.stack([np.asarray(self.preprocessing_function(image), np.float32)
-                         for image in batch]).astype(np.float32)
+        out = []
+        for image in batch:
+            result = np.asarray(self.preprocessing_function(image), np.float32)
+            if result.shape != np.shape(image):
+                raise FmkerasError(
+                    f"Expected preprocessing_function to return an image of the shape it "
+                    f"was given, {np.shape(image)}. Received: an array of shape "
+                    f"{result.shape}")
+            out.append(result)
+        return np.stack(out)
 
     # ---------------------------------------------------------------------- flows
     @accepts_numpy_scalars

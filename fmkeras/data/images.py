@@ -8,6 +8,7 @@ parallel by tf.data. The index is shared by every image pipeline in fmkeras.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 
 import keras
@@ -353,7 +354,7 @@ def image_dataset(source, image_size, batch_size=32, color_mode="rgb", shuffle=F
         shuffle: bool. Shuffle each epoch.
         seed: int. Shuffle seed.
         cache: bool. Keep decoded images in memory after the first epoch.
-        rescale: float. Factor applied to the ``[0, 255]`` pixels.
+        rescale: float. Factor applied to the ``[0, 255]`` pixels (None: 1).
         num_classes: optional int. Needed for ``label_mode="categorical"``;
             defaults to the number of classes in the index.
         label_mode: str. ``int`` (class indices) or ``categorical``
@@ -400,6 +401,17 @@ def image_dataset(source, image_size, batch_size=32, color_mode="rgb", shuffle=F
         raise DataError(f"Expected an integer seed, or None. Received: seed={seed!r}")
     if validation_split is not None:
         _check_split(validation_split)
+    if rescale is None:  # as ImageDataGenerator(rescale=None): pixels kept in [0, 255]
+        rescale = 1.0
+    elif isinstance(rescale, bool) or not isinstance(rescale, numbers.Real):
+        raise DataError(f"Expected rescale to be a number such as 1/255, or None. "
+                        f"Received: rescale={rescale!r}")
+    from fmkeras.data.augment import Augmentation
+
+    if augment is not None and not isinstance(augment, Augmentation) and not callable(augment):
+        raise DataError(f"Expected augment to be an fmkeras.data.Augmentation, a callable "
+                        f"(images, labels) -> (images, labels), or None. "
+                        f"Received: augment={augment!r}")
     settings = dict(image_size=image_size, batch_size=batch_size, color_mode=color_mode,
                     seed=seed, cache=cache, rescale=rescale, label_mode=label_mode)
     if validation_split:

@@ -19,6 +19,24 @@ def check_rate(name, value):
     return float(value)
 
 
+def check_classes(num_classes, activation, names=("num_classes", "activation")):
+    """Check ``num_classes`` is a positive integer and not one softmax unit (always 1)."""
+    check_positive_int(names[0], num_classes)
+    if num_classes == 1 and activation == "softmax":
+        raise ValueError(
+            f"A softmax over one unit always outputs 1. Use {names[0]}=2, or "
+            f"{names[1]}='sigmoid' for one binary output. Received: {names[0]}=1, "
+            f"{names[1]}='softmax'")
+    return int(num_classes)
+
+
+def check_positive_real(name, value):
+    """Raise ``ValueError`` unless ``value`` is a real number above 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+        raise ValueError(f"Expected {name} to be a number above 0. Received: {name}={value!r}")
+    return float(value)
+
+
 def check_input_shape(shape, rank=None):
     """Return ``shape`` as a tuple of positive ints (or ``None`` dims), checking its rank."""
     try:

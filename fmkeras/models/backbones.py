@@ -19,7 +19,7 @@ from keras import ops
 from fmkeras._scalars import accepts_numpy_scalars
 from fmkeras.errors import ConfigError, keras_download
 from fmkeras.models import cnn
-from fmkeras.models._checks import check_model
+from fmkeras.models._checks import check_classes, check_model
 
 # How each family's ``preprocess_input`` maps [0, 255] pixels (keras.applications'
 # imagenet_utils modes). EfficientNet and ConvNeXt normalise inside the network.
@@ -263,8 +263,7 @@ def image_classifier(backbone_model, num_classes, dropout=0.2, pooling="avg", hi
     (None, 10)
     """
     check_model("backbone_model", backbone_model)
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"Expected a positive integer. Received: num_classes={num_classes!r}")
+    check_classes(num_classes, "softmax")
     if pooling not in ("avg", "max", "flatten"):
         raise ValueError(f"Expected pooling 'avg', 'max' or 'flatten'. "
                          f"Received: pooling={pooling!r}")

@@ -14,17 +14,20 @@ from keras import layers, ops
 
 from fmkeras._scalars import accepts_numpy_scalars
 from fmkeras.models._checks import (
+    check_classes,
     check_image_sides,
     check_input_shape,
     check_positive_int,
+    check_positive_real,
     check_rate,
 )
 from fmkeras.models.normalization import FusedBatchNormalization
 
 
-def _head(x, num_classes, activation, dtype, name="predictions"):
+def _head(x, num_classes, activation, dtype, name="predictions",
+          names=("num_classes", "activation")):
     """Dense logits (compute dtype) followed by the activation in float32."""
-    check_positive_int("num_classes", num_classes)
+    check_classes(num_classes, activation, names)
     x = layers.Dense(num_classes, dtype=dtype, name=f"{name}_dense")(x)
     return layers.Activation(activation, dtype="float32", name=name)(x)
 
@@ -368,15 +371,15 @@ def fast_cnn(input_shape, num_classes, widths=(64, 256, 256), whitening=True,
     498704
     """
     input_shape = check_input_shape(input_shape, rank=3)
-    check_positive_int("num_classes", num_classes)
+    check_classes(num_classes, activation)
     widths = tuple(widths)
     for width in widths:
         check_positive_int("widths", width)
     check_image_sides(input_shape, 2 ** len(widths) + 1,
                       f"fast_cnn halves the image {len(widths)} times after a 2x2 valid "
                       f"convolution (widths={widths})")
-    if not 0 <= bn_momentum < 1:
-        raise ValueError(f"Expected 0 <= bn_momentum < 1. Received: bn_momentum={bn_momentum!r}")
+    check_rate("bn_momentum", bn_momentum)
+    check_positive_real("logit_scale", logit_scale)
     inputs = keras.Input(shape=input_shape, name="images")
     if whitening:
         x = PatchWhitening(dtype=dtype, name="whitening")(inputs)
@@ -478,5 +481,6 @@ def mlp(input_shape, hidden_units, num_outputs, dropout=0.0, activation="relu",
         x = layers.Dense(units, activation=activation, dtype=dtype, name=f"hidden{i}")(x)
         if dropout:
             x = layers.Dropout(dropout, dtype=dtype, name=f"dropout{i}")(x)
-    outputs = _head(x, num_outputs, output_activation or "linear", dtype, name="outputs")
+    outputs = _head(x, num_outputs, output_activation or "linear", dtype, name="outputs",
+                    names=("num_outputs", "output_activation"))
     return keras.Model(inputs, outputs, name=name)
