@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import numbers
 import os
 import re
 import sys
@@ -273,6 +274,17 @@ def is_count(value, low=0):
     (True, False, False, False)
     """
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def is_number(value):
+    """Whether ``value`` is a real number (int or float, not a bool or a string).
+
+    Example:
+
+    >>> is_number(0.1), is_number(3), is_number("0.1"), is_number(True)
+    (True, True, False, False)
+    """
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _count(low):

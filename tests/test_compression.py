@@ -157,5 +157,7 @@ def test_size_and_latency_measure_compression():
     assert pruned["gzip_bytes"] < dense["gzip_bytes"]  # zeros compress
     assert quantized["keras_bytes"] < pruned["keras_bytes"]
     assert compression.predict_latency_ms(model, inputs(), repeats=2) > 0
-    with pytest.raises(ValueError, match="Received: 1.0"):
+    with pytest.raises(ValueError, match="Received: target_sparsity=1.0"):
         compression.PruningCallback(1.0)
+    with pytest.raises(ValueError, match="Received: target_sparsity='0.5'"):
+        compression.PruningCallback("0.5")

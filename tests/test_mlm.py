@@ -31,6 +31,8 @@ def test_masking_never_touches_padding_and_follows_the_rate():
     np.testing.assert_array_equal(again, inputs)
     with pytest.raises(ValueError, match="Received: rate=0"):
         mask_tokens(ids, 50, 51, rate=0)
+    with pytest.raises(ValueError, match="Received: rate='0.15'"):
+        mask_tokens(ids, 50, 51, rate="0.15")
 
 
 def test_unknown_tokens_are_never_prediction_targets():

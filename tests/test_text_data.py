@@ -277,6 +277,12 @@ def test_builders_name_what_they_received():
         classification_dataset(data, vectorizer, batch_size=0)
     with pytest.raises(DataError, match="Expected a ParallelText .* Received: tuple"):
         translation_dataset((["hola"], ["hello"]), vectorizer, vectorizer)
+    with pytest.raises(DataError, match="Expected vectorizer to be a TextVectorization layer "
+                                        r"\(from text_vectorizer\). Received: vectorizer=None"):
+        classification_dataset(data, None)
+    corpus = ParallelText(["hola"], ["hello"])
+    with pytest.raises(DataError, match="Received: target_vectorizer=8"):
+        translation_dataset(corpus, vectorizer, 8)
 
 
 def test_embedded_samples_read_cleanly():

@@ -127,6 +127,8 @@ def test_norm_bias_lr_scale_moves_only_batchnorm_offsets_further(tmp_path):
         optimizers.build_optimizer("adam", 0.1, norm_bias_lr_scale=64.0)
     with pytest.raises(ConfigError, match="norm_bias_lr_scale > 0. Received: 0"):
         optimizers.build_optimizer("sgd", 0.1, norm_bias_lr_scale=0)
+    with pytest.raises(ValueError, match="Received: norm_bias_lr_scale='64'"):
+        optimizers.SGD(0.1, norm_bias_lr_scale="64")
 
 
 def _conv_bn_model(seed=0):

@@ -756,8 +756,13 @@ def translation_vectorizers(corpus, sequence_length, source_vocab_size=None,
     return source, target
 
 
-def _check_batches(data, kind, reader, batch_size):
-    """Raise :class:`DataError` unless ``data`` is a ``kind`` and ``batch_size`` a count."""
+def _check_batches(data, kind, reader, batch_size, **vectorizers):
+    """Raise :class:`DataError` unless ``data`` is a ``kind``, ``batch_size`` a count and
+    each of ``vectorizers`` (name: layer) callable."""
+    for name, layer in vectorizers.items():
+        if not callable(layer):
+            raise DataError(f"Expected {name} to be a TextVectorization layer (from "
+                            f"text_vectorizer). Received: {name}={layer!r}")
     if not isinstance(data, kind):
         raise DataError(f"Expected a {kind.__name__} (from {reader}). "
                         f"Received: {type(data).__name__}")
@@ -792,7 +797,8 @@ def translation_dataset(corpus, source_vectorizer, target_vectorizer, batch_size
     >>> tuple(labels.shape)
     (1, 8)
     """
-    _check_batches(corpus, ParallelText, "read_parallel_tsv", batch_size)
+    _check_batches(corpus, ParallelText, "read_parallel_tsv", batch_size,
+                   source_vectorizer=source_vectorizer, target_vectorizer=target_vectorizer)
     data = tf.data.Dataset.from_tensor_slices(
         (list(corpus.sources), add_start_end(corpus.targets)))
     if shuffle:
@@ -827,7 +833,7 @@ def classification_dataset(data, vectorizer, batch_size=64, shuffle=False, seed=
     >>> tuple(ids.shape)
     (2, 8)
     """
-    _check_batches(data, LabelledText, "read_labelled_text", batch_size)
+    _check_batches(data, LabelledText, "read_labelled_text", batch_size, vectorizer=vectorizer)
     ds = tf.data.Dataset.from_tensor_slices(
         (list(data.texts), np.asarray(data.labels, dtype=np.int32)))
     if shuffle:

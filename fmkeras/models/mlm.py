@@ -17,7 +17,7 @@ import keras
 import tensorflow as tf
 
 from fmkeras._scalars import accepts_numpy_scalars
-from fmkeras.config import is_count
+from fmkeras.config import is_count, is_number
 from fmkeras.models.transformer import PositionalEmbedding, TransformerEncoderBlock
 
 
@@ -44,8 +44,8 @@ def mask_tokens(token_ids, mask_id, vocab_size, rate=0.15, seed=(0, 0)):
     >>> weights.numpy().tolist()
     [[1.0, 0.0, 1.0, 0.0]]
     """
-    if not 0.0 < rate <= 1.0:
-        raise ValueError(f"Expected 0 < rate <= 1. Received: rate={rate}")
+    if not (is_number(rate) and 0.0 < rate <= 1.0):
+        raise ValueError(f"Expected 0 < rate <= 1. Received: rate={rate!r}")
     if not is_count(vocab_size, 3):
         raise ValueError(f"Expected vocab_size >= 3 (padding, [UNK] and a token). "
                          f"Received: vocab_size={vocab_size!r}")

@@ -21,6 +21,7 @@ import keras
 import numpy as np
 
 from fmkeras._scalars import accepts_numpy_scalars
+from fmkeras.config import is_number
 
 QUANTIZATION_MODES = ("int8", "int4", "float8")
 
@@ -180,8 +181,9 @@ class PruningCallback(keras.callbacks.Callback):
     def __init__(self, target_sparsity, end_step=None, begin_step=0, frequency=None,
                  layers=None):
         super().__init__()
-        if not 0.0 <= target_sparsity < 1.0:
-            raise ValueError(f"Expected 0 <= target_sparsity < 1. Received: {target_sparsity}")
+        if not (is_number(target_sparsity) and 0.0 <= target_sparsity < 1.0):
+            raise ValueError(f"Expected 0 <= target_sparsity < 1. "
+                             f"Received: target_sparsity={target_sparsity!r}")
         if end_step is not None and end_step <= begin_step:
             raise ValueError(f"Expected end_step > begin_step. Received: end_step={end_step}, "
                              f"begin_step={begin_step}")

@@ -7,7 +7,7 @@ import warnings
 import keras
 
 from fmkeras._scalars import accepts_numpy_scalars
-from fmkeras.config import is_count
+from fmkeras.config import is_count, is_number
 from fmkeras.errors import ConfigError
 
 SCHEDULES = ("constant", "cosine", "onecycle", "plateau")
@@ -42,7 +42,7 @@ class SGD(keras.optimizers.SGD):
 
     def __init__(self, *args, norm_bias_lr_scale=1.0, **kwargs):
         super().__init__(*args, **kwargs)
-        if not norm_bias_lr_scale > 0:
+        if not (is_number(norm_bias_lr_scale) and norm_bias_lr_scale > 0):
             raise ValueError(f"Expected norm_bias_lr_scale > 0. "
                              f"Received: norm_bias_lr_scale={norm_bias_lr_scale!r}")
         self.norm_bias_lr_scale = float(norm_bias_lr_scale)
@@ -110,10 +110,10 @@ def check_muon_settings(muon_scale, muon_momentum, prefix=""):
     ...
     ValueError: Expected 0 <= train.muon_momentum < 1. Received: train.muon_momentum=1.0
     """
-    if not muon_scale > 0:
+    if not (is_number(muon_scale) and muon_scale > 0):
         raise ValueError(f"Expected {prefix}muon_scale > 0. "
                          f"Received: {prefix}muon_scale={muon_scale!r}")
-    if not 0 <= muon_momentum < 1:
+    if not (is_number(muon_momentum) and 0 <= muon_momentum < 1):
         raise ValueError(f"Expected 0 <= {prefix}muon_momentum < 1. "
                          f"Received: {prefix}muon_momentum={muon_momentum!r}")
 
