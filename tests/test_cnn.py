@@ -236,6 +236,10 @@ def test_patch_whitening_bad_inputs_name_what_was_received():
     layer.adapt(correlated_images(8))
     with pytest.raises(ValueError, match="built for 3 channels. Received images with 1"):
         layer.adapt(np.zeros((4, 12, 12, 1)))
+    images = np.array(correlated_images(8))
+    images[0, 3, 3, 0] = np.nan
+    with pytest.raises(ValueError, match="finite pixels. Received: 1 NaN"):
+        layer.adapt(images)
     with pytest.raises(ValueError, match="epsilon"):
         PatchWhitening(epsilon=0)
 

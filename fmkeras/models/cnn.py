@@ -271,7 +271,8 @@ class PatchWhitening(layers.Layer):
 
         Raises:
             ValueError: ``images`` is not 4-D, its channels differ from the
-                layer's input, or it is smaller than one patch.
+                layer's input, it is smaller than one patch, or it holds NaN or
+                infinite values.
         """
         images = np.asarray(images, dtype="float64")
         p = self.patch_size
@@ -284,6 +285,9 @@ class PatchWhitening(layers.Layer):
         if self.kernel.shape[2] != channels:
             raise ValueError(f"PatchWhitening was built for {self.kernel.shape[2]} channels. "
                              f"Received images with {channels}")
+        if not np.isfinite(images).all():
+            raise ValueError(f"PatchWhitening.adapt expects finite pixels. Received: "
+                             f"{images.size - np.isfinite(images).sum()} NaN or infinite values")
         h, w = images.shape[1] - p + 1, images.shape[2] - p + 1
         # Patches flattened in the kernel's (row, column, channel) order.
         patches = np.stack([images[:, i:i + h, j:j + w, :] for i in range(p) for j in range(p)],
