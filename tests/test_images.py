@@ -1,6 +1,7 @@
 """Directory indexing and the native tf.data image pipeline."""
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -214,6 +215,41 @@ def test_a_jpeg_only_decoding_finds_is_skipped_before_training(tmp_path, cache):
     with pytest.warns(UserWarning, match=name):
         kept = images.validate_index(images.index_directory(root))
     assert len(kept) == 40
+
+
+def test_bytes_after_the_end_marker_are_kept_and_truncation_still_found(tmp_path):
+    import io
+
+    from fmkeras.data.image_files import header_problem
+
+    def encoded(size, kind):
+        buffer = io.BytesIO()
+        pixels = np.random.default_rng(size).integers(0, 256, (size, size, 3), np.uint8)
+        Image.fromarray(pixels).save(buffer, format=kind)
+        return buffer.getvalue()
+
+    root = write_image_folder(tmp_path / "d", per_class=20, size=(8, 8))
+    trailer = b"SEFH" + bytes(100) + b"SEFT"  # a phone's metadata after the end marker
+    (tmp_path / "d" / "a" / "phone.jpg").write_bytes(encoded(16, "JPEG") + trailer)
+    (tmp_path / "d" / "a" / "extra.png").write_bytes(encoded(16, "PNG") + trailer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = images.image_dataset(root, 8, batch_size=64)
+    assert sum(int(y.shape[0]) for _, y in ds) == 42
+    # An EXIF thumbnail carries its own end marker; a cut main image is still truncated.
+    thumbnail = encoded(8, "JPEG")
+    app1 = b"\xff\xe1" + (len(thumbnail) + 8).to_bytes(2, "big") + b"Exif\0\0" + thumbnail
+    main = encoded(32, "JPEG")
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes((main[:2] + app1 + main[2:])[:-200])
+    assert "truncated JPEG" in header_problem(str(cut))
+    assert "truncated PNG" in header_problem(str(_write(tmp_path / "cut.png",
+                                                          encoded(16, "PNG")[:-30])))
+
+
+def _write(path, data):
+    path.write_bytes(data)
+    return path
 
 
 def test_too_many_bad_files_stop_with_the_list(tmp_path):

@@ -25,7 +25,9 @@ _TRAILERS = {"PNG": b"IEND\xaeB`\x82", "JPEG": b"\xff\xd9"}
 
 
 # Larger images are refused before decoding (a decompression bomb needs gigabytes).
-MAX_PIXELS = 100_000_000
+# The limit at which Pillow, and so legacy Keras, refuses an image: 108 M pixel
+# phone photos pass.
+MAX_PIXELS = 178_956_970
 
 
 def _jpeg_size(data):
@@ -102,9 +104,42 @@ def header_problem(path, max_pixels=MAX_PIXELS):
         return (f"declares {dims[0]}x{dims[1]} pixels, more than the {max_pixels:,} allowed "
                 "(refused before decoding)")
     trailer = _TRAILERS.get(kind)
-    if trailer and trailer not in tail:
+    if trailer and trailer not in tail and not _ends(kind, path):
         return f"truncated {kind} ({size} bytes, no end marker)"
     return None
+
+
+def _ends(kind, path):
+    """Whether a PNG or JPEG has its end marker somewhere, data after it allowed.
+
+    Phones and editors append bytes after the end (Samsung's trailer, a second
+    image), which the decoders ignore, so the marker is looked for by walking
+    the file's structure: embedded thumbnails have their own JPEG end marker.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    if kind == "PNG":
+        i = 8
+        while i + 8 <= len(data):
+            if data[i + 4:i + 8] == b"IEND":
+                return i + 12 <= len(data)
+            i += 12 + int.from_bytes(data[i:i + 4], "big")
+        return False
+    i = 2
+    while i + 4 <= len(data) and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+        elif marker == 0xDA:  # start of scan: only the image end marks FF D9 from here
+            return data.find(b"\xff\xd9", i + 2) >= 0
+        else:
+            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return False
 
 
 def decode_all(paths, load, keep):

@@ -19,7 +19,11 @@ from fmkeras.export.core import (
     write_versioned,
 )
 from fmkeras.export.generator import MAX_SAMPLE_BATCH, export_generator, generator_archive
-from fmkeras.export.image import export_image_classifier, image_classifier_archive
+from fmkeras.export.image import (
+    MAX_SERVING_PIXELS,
+    export_image_classifier,
+    image_classifier_archive,
+)
 from fmkeras.export.text import (
     export_text_classifier,
     export_translator,
@@ -27,8 +31,8 @@ from fmkeras.export.text import (
     translator_archive,
 )
 
-__all__ = ["ExportError", "MAX_SAMPLE_BATCH", "check_export", "export_generator",
-           "generator_archive",
+__all__ = ["ExportError", "MAX_SAMPLE_BATCH", "MAX_SERVING_PIXELS", "check_export",
+           "export_generator", "generator_archive",
            "export_image_classifier", "image_classifier_archive",
            "export_text_classifier", "export_translator", "text_classifier_archive",
            "translator_archive",

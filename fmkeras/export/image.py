@@ -8,7 +8,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from fmkeras.data.image_files import MAX_PIXELS
 from fmkeras.data.images import decode_image
 from fmkeras.export.core import (
     ExportError,
@@ -17,6 +16,12 @@ from fmkeras.export.core import (
     numpy_outputs,
     write_versioned,
 )
+
+# Image bytes declaring more pixels are refused before decoding: a 117 kB PNG
+# can claim 11,000 x 11,000 and take gigabytes per request. Lower than
+# training's limit (``fmkeras.data.image_files.MAX_PIXELS``): a server decodes
+# many requests at once.
+MAX_SERVING_PIXELS = 100_000_000
 
 
 def declared_pixels(data):
@@ -113,8 +118,8 @@ def image_classifier_archive(model, class_names, image_size, channels, rescale=1
         # A small file can declare a huge image: refuse it before decoding, as
         # training does, so one request cannot exhaust the server's memory.
         checked = tf.debugging.assert_less_equal(
-            declared_pixels(data), tf.constant(MAX_PIXELS, tf.int64),
-            message=f"Expected images of at most {MAX_PIXELS:,} pixels")
+            declared_pixels(data), tf.constant(MAX_SERVING_PIXELS, tf.int64),
+            message=f"Expected images of at most {MAX_SERVING_PIXELS:,} pixels")
         with tf.control_dependencies([checked]):
             return decode_image(data, channels, (height, width))
 
