@@ -146,6 +146,10 @@ def test_dataset_arguments_that_would_fail_later_are_named(tmp_path):
     # seed=None, as in Keras: a random order.
     ds = images.image_dataset(root, 8, batch_size=3, shuffle=True, seed=None)
     assert sorted(next(iter(ds))[1].numpy().tolist()) == [0, 1, 2]
+    # Two calls with seed=None would split differently: validation images in training.
+    for subset in ("training", "validation"):
+        with pytest.raises(DataError, match=f"subset='{subset}' needs a seed.*Received: seed=None"):
+            images.image_dataset(root, 8, validation_split=0.5, subset=subset, seed=None)
 
 
 def test_grey_with_alpha_keeps_its_alpha_in_rgba(tmp_path):

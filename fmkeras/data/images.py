@@ -395,6 +395,10 @@ def image_dataset(source, image_size, batch_size=32, color_mode="rgb", shuffle=F
     image_size = check_image_size(image_size)
     if not is_count(batch_size, 1):
         raise DataError(f"Expected a positive batch_size. Received: batch_size={batch_size!r}")
+    if seed is None and validation_split and subset in ("training", "validation"):
+        raise DataError(f"validation_split with subset={subset!r} needs a seed, so that the "
+                        f"training and validation calls split the files the same way (as "
+                        f"in Keras), or subset='both'. Received: seed=None")
     if seed is None:  # as in Keras: a random order, drawn once
         seed = int(np.random.default_rng().integers(2**31 - 1))
     elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
