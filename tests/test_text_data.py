@@ -16,9 +16,11 @@ from fmkeras.data.text import (
     LabelledText,
     ParallelText,
     classification_dataset,
+    compose_marks,
     load_vocabulary,
     read_labelled_text,
     read_parallel_tsv,
+    read_text_column,
     save_vocabulary,
     split_indices,
     standardize_text,
@@ -119,6 +121,16 @@ def test_labelled_tsv_and_csv(tmp_path):
                                         r"data.label_column.*Received: \['sentence'"):
         read_labelled_text(bad)
     assert read_labelled_text(bad, "sentence", "lang").class_names == ["es"]
+    # A tab inside a text would shift the label: the row is skipped and counted.
+    tab = write(tmp_path / "tab.tsv", b"text\tlabel\nhola\tmundo\tes\nhello\ten\nhi\ten\n")
+    with pytest.warns(UserWarning, match=r"extra_field=1 \(e.g. .*tab.tsv:2: 3 fields, the "
+                                         r"header has 2"):
+        data = read_labelled_text(tab)
+    assert data.texts == ["hello", "hi"] and data.class_names == ["en"]
+    with pytest.warns(UserWarning, match="extra_field=1"):
+        assert read_text_column(tab)[0] == ["hello", "hi"]
+    three = write(tmp_path / "three.tsv", b"text\tlabel\tsource\nhola\tes\tweb\n")
+    assert read_labelled_text(three).texts == ["hola"]  # a third column is fine
 
 
 def test_readers_take_pathlib_paths(tmp_path):
@@ -209,6 +221,23 @@ def test_splits_are_fixed_by_seed():
     assert sorted(labelled["test"].labels.tolist()) == [0, 1]
     with pytest.raises(DataError, match="Received: validation_split=0.6, test_split=0.5"):
         split_indices(10, 0.6, 0.5)
+
+
+def test_decomposed_accents_and_unicode_spaces_tokenize_as_their_usual_forms():
+    import unicodedata
+
+    composed = "café déjà vu, tiếng việt, がぎ"
+    decomposed = unicodedata.normalize("NFD", composed)
+    assert decomposed != composed
+    out = standardize_text(tf.constant([[decomposed], [composed]])).numpy()
+    assert out.shape == (2, 1) and out[0, 0] == out[1, 0]
+    assert out[0, 0].decode() == unicodedata.normalize("NFC", out[0, 0].decode())
+    assert compose_marks(tf.constant(["", "e\u0301", "\u0301"])).numpy().tolist() == [
+        b"", "\u00e9".encode(), "\u0301".encode()]  # a lone mark stays
+    layer = text_vectorizer(4, texts=[composed])
+    np.testing.assert_array_equal(layer([decomposed]), layer([composed]))
+    spaced = standardize_text(tf.constant(["oui\u202f! non\u00a0merci\u3000x"])).numpy()[0]
+    assert spaced.decode().split() == ["oui", "!", "non", "merci", "x"]
 
 
 def test_tokenizer_keeps_accents_and_punctuation():

@@ -13,6 +13,7 @@ import contextlib
 import contextvars
 import csv
 import dataclasses
+import functools
 import json
 import os
 import unicodedata
@@ -64,7 +65,7 @@ class ReadReport:
         lines: int. Lines (or files, for text folders) read.
         records: int. Records kept.
         counts: dict of str to int. Problem name to count: ``empty_line``,
-            ``missing_tab``, ``missing_field``, ``unknown_label``,
+            ``missing_tab``, ``missing_field``, ``extra_field``, ``unknown_label``,
             ``undecodable``, ``nul_bytes``, ``bom``, ``crlf``, ``truncated``.
         examples: dict of str to list of str. Up to five
             ``"path:line: detail"`` strings per problem.
@@ -393,6 +394,15 @@ def _rows(path, report):
         yield numbers[-1], row
 
 
+def _extra_fields(row, header, where, report):
+    """Count and report a row with more fields than the header (a tab inside a text)."""
+    if len(row) <= len(header):
+        return False
+    report.add("extra_field", where, f"{len(row)} fields, the header has {len(header)} (a "
+               f"tab or an unquoted comma inside a text?); line skipped")
+    return True
+
+
 def _read_labelled_table(path, text_column, label_column, max_chars, report):
     texts, labels, columns = [], [], None
     for number, row in _rows(path, report):
@@ -408,6 +418,8 @@ def _read_labelled_table(path, text_column, label_column, max_chars, report):
                     f"{path} (other names: data.text_column, data.label_column; a .csv is "
                     f"comma-separated, a .tsv tab-separated). Received: {header}")
             columns = header.index(text_column), header.index(label_column)
+            continue
+        if _extra_fields(row, header, where, report):
             continue
         if len(row) <= max(columns) or not row[columns[0]].strip() \
                 or not row[columns[1]].strip():
@@ -442,6 +454,7 @@ def read_text_column(path, text_column="text", max_chars=None, warn=True):
     texts = []
     path = _file_path(path, "text file")
     _check_max_chars(max_chars)
+    header = None
     if path.lower().endswith(".txt"):
         rows = ((number, [text]) for number, text in _decoded_lines(path, report))
         column = 0
@@ -458,6 +471,8 @@ def read_text_column(path, text_column="text", max_chars=None, warn=True):
                 raise DataError(f"Expected a header with a {text_column!r} column in {path}. "
                                 f"Received: {header}")
             column = header.index(text_column)
+            continue
+        if header is not None and _extra_fields(row, header, where, report):
             continue
         if len(row) <= column or not row[column].strip():
             report.add("missing_field", where, f"expected {text_column}; line skipped")
@@ -575,11 +590,77 @@ def read_labelled_text(path, text_column="text", label_column="label", max_chars
                         names, report)
 
 
+@functools.cache
+def _compositions():
+    """Unicode's canonical (base, mark) -> composed pairs of the BMP, Hangul left out.
+
+    Returns sorted int64 keys ``base * 0x110000 + mark`` and the composed code points.
+    """
+    pairs = {}
+    for code in range(0x10000):
+        parts = unicodedata.decomposition(chr(code)).split()
+        if (0xAC00 <= code <= 0xD7A3 or len(parts) != 2 or parts[0].startswith("<")):
+            continue
+        base, mark = (int(part, 16) for part in parts)
+        if unicodedata.normalize("NFC", chr(base) + chr(mark)) == chr(code):  # not excluded
+            pairs[base * 0x110000 + mark] = code
+    keys = np.array(sorted(pairs), np.int64)
+    return keys, np.array([pairs[k] for k in keys], np.int32)
+
+
+def compose_marks(texts):
+    """Joins a letter and a following combining mark into one code point, as NFC does.
+
+    Text copied from macOS or some PDFs spells ``é`` as ``e`` + U+0301; without
+    this, both spellings become different tokens (or ``[UNK]``). Runs in the
+    graph, so exported models do the same; two passes join up to two marks
+    (Vietnamese ``ệ``). Hangul jamo are left as they are.
+
+    Args:
+        texts: tf.Tensor of dtype string (UTF-8), any shape.
+
+    Returns:
+        A string tensor of the same shape.
+
+    Example:
+
+    >>> compose_marks(tf.constant(["cafe\u0301"])).numpy()[0].decode() == "caf\u00e9"
+    True
+    """
+    keys, values = _compositions()
+    shape = tf.shape(texts)
+    codes = tf.strings.unicode_decode(tf.reshape(texts, [-1]), "UTF-8", errors="replace")
+    for _ in range(2):
+        flat = tf.cast(codes.flat_values, tf.int64)
+        rows = codes.value_rowids()
+        size = tf.size(flat)
+        following = tf.concat([flat[1:], [0]], 0)[:size]
+        same_row = tf.equal(rows, tf.concat([rows[1:], [-1]], 0)[:size])
+        key = flat * 0x110000 + following
+        at = tf.minimum(tf.searchsorted(keys, key), len(keys) - 1)
+        joins = tf.logical_and(tf.equal(tf.gather(keys, at), key), same_row)
+        joins = tf.logical_and(joins, tf.logical_not(_shifted(joins)))  # no chains
+        merged = tf.where(joins, tf.cast(tf.gather(values, at), tf.int64), flat)
+        keep = tf.logical_not(_shifted(joins))
+        codes = tf.RaggedTensor.from_value_rowids(
+            tf.cast(tf.boolean_mask(merged, keep), tf.int32), tf.boolean_mask(rows, keep),
+            nrows=codes.nrows())
+    return tf.reshape(tf.strings.unicode_encode(codes, "UTF-8"), shape)
+
+
+def _shifted(flags):
+    """``flags`` moved one place on: whether the previous position was set."""
+    return tf.concat([[False], flags[:-1]], 0)[:tf.size(flags)]
+
+
 @keras.saving.register_keras_serializable(package="fmkeras")
 def standardize_text(texts):
     """Lowercases and spaces out punctuation, keeping accents and other scripts.
 
-    ``[start]`` and ``[end]`` survive as single tokens.
+    ``[start]`` and ``[end]`` survive as single tokens. A letter followed by
+    combining marks is joined as NFC spells it (:func:`compose_marks`), and
+    every Unicode space (no-break, narrow, ideographic) separates words as a
+    plain space does.
 
     Args:
         texts: tf.Tensor of dtype string. Raw texts, any shape.
@@ -592,6 +673,9 @@ def standardize_text(texts):
     >>> standardize_text(tf.constant(["¿Dónde está?"])).numpy()[0].decode()
     ' ¿ dónde está ? '
     """
+    texts = tf.cond(tf.reduce_any(tf.strings.regex_full_match(texts, r"(?s).*\p{M}.*")),
+                    lambda: compose_marks(texts), lambda: texts)
+    texts = tf.strings.regex_replace(texts, r"\p{Z}", " ")
     texts = tf.strings.lower(texts, encoding="utf-8")
     texts = tf.strings.regex_replace(texts, r"[^\p{L}\p{M}\p{N}\s]", r" \0 ")
     return tf.strings.regex_replace(texts, r"\[\s+(start|end)\s+\]", r"[\1]")
