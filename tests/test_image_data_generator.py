@@ -177,6 +177,25 @@ def test_flow_from_dataframe_with_a_dict_of_lists(image_dir):
         ImageDataGenerator().flow_from_dataframe(table, image_dir, x_col="nope")
 
 
+def test_flow_from_dataframe_splits_after_dropping_missing_files(image_dir):
+    # As legacy Keras: missing files leave first, then the split is cut.
+    good = [f"{c}/ïmg_{i}.{'png' if i % 2 else 'jpg'}" for c in CLASSES for i in range(4)]
+    table = {"filename": [f"gone_{i}.png" for i in range(4)] + good, "class": ["a"] * 16}
+    gen = ImageDataGenerator(validation_split=0.5)
+    sizes = {}
+    for subset in ("training", "validation"):
+        with pytest.warns(UserWarning, match="gone_3.png: file not found"):
+            it = gen.flow_from_dataframe(table, image_dir, target_size=(6, 6), subset=subset,
+                                         shuffle=False, max_bad_fraction=0.5)
+        sizes[subset] = it.filenames
+    assert len(sizes["validation"]) == len(sizes["training"]) == 6
+    assert sizes["validation"] + sizes["training"] == good
+    # An absolute file name stays absolute next to directory=, as with os.path.join.
+    absolute = {"filename": [os.path.join(image_dir, good[0])], "class": ["a"]}
+    it = ImageDataGenerator().flow_from_dataframe(absolute, image_dir, target_size=(6, 6))
+    assert it.filepaths == absolute["filename"]
+
+
 def test_colour_kinds_convert_to_the_color_mode(tmp_path):
     rng = np.random.default_rng(3)
     (tmp_path / "a").mkdir()

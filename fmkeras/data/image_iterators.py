@@ -10,6 +10,7 @@ it directly) with random access, endless iteration and ``as_dataset()``.
 from __future__ import annotations
 
 import math
+import os
 import threading
 
 import keras
@@ -17,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from fmkeras.data.augment import augment_images
-from fmkeras.data.image_files import read_images
+from fmkeras.data.image_files import read_images, scan_images
 from fmkeras.data.images import check_color_mode, decode_image, index_directory
 from fmkeras.errors import DataError, FmkerasError
 
@@ -435,12 +436,16 @@ class DataFrameIterator(_FileIterator):
             rows, class_names = _filter_classes(rows, classes, class_mode, y_col)
             self.class_indices = {c: i for i, c in enumerate(class_names)}
             self.num_classes = len(class_names)
-        start, stop = _split(subset, gen.validation_split, len(rows))
-        rows = rows[start:stop]
         paths = [_join(self.directory, r[0]) for r in rows]
+        missing = []
+        if validate_images:  # as legacy Keras: unusable files leave before the split
+            kept, _, missing = scan_images(paths, load=None, decode=False)
+            rows, paths = [rows[i] for i in kept], [paths[i] for i in kept]
+        start, stop = _split(subset, gen.validation_split, len(rows))
+        rows, paths = rows[start:stop], paths[start:stop]
         load, good, images = self._read_files(
             gen, paths, target_size, color_mode, interpolation, cache, validate_images,
-            max_bad_fraction)
+            max_bad_fraction, bad=missing)
         rows = [rows[i] for i in good]
         self.subset = subset
         self.filenames = [r[0] for r in rows]
@@ -475,7 +480,8 @@ class DataFrameIterator(_FileIterator):
 
 
 def _join(directory, name):
-    return name if not directory else f"{directory.rstrip('/')}/{name}"
+    """``directory/name``; an absolute ``name`` stays as it is (``os.path.join``, as legacy)."""
+    return os.path.join(directory, name) if directory else name
 
 
 def _filter_classes(rows, classes, class_mode, y_col):
