@@ -256,6 +256,22 @@ def _write(path, data):
     return path
 
 
+def test_tiff_and_ppm_files_are_skipped_with_a_warning_not_silently(tmp_path):
+    root = write_image_folder(tmp_path / "d", per_class=2, size=(8, 8))
+    Image.new("RGB", (8, 8)).save(tmp_path / "d" / "a" / "scan.tif")
+    Image.new("RGB", (8, 8)).save(tmp_path / "d" / "b" / "frame.ppm")
+    with pytest.warns(UserWarning, match=r"2 .ppm/.tif file\(s\) were skipped: TensorFlow "
+                                         r"cannot decode them; convert them to PNG"):
+        index = images.index_directory(root)
+    assert len(index) == 4
+    only_tiff = tmp_path / "t"
+    (only_tiff / "a").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(only_tiff / "a" / "scan.tiff")
+    with pytest.raises(DataError, match=r"Class folders without images.*\['a'\].*1 .tiff "
+                                        r"file\(s\) were skipped"):
+        images.index_directory(only_tiff)
+
+
 def test_too_many_bad_files_stop_with_the_list(tmp_path):
     root = write_image_folder(tmp_path / "d", per_class=2)
     add_bad_files(tmp_path / "d" / "a")

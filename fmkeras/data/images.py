@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import numbers
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -20,6 +21,9 @@ from fmkeras.config import is_count
 from fmkeras.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+# Image formats legacy Keras (through Pillow) or cameras produce that TensorFlow
+# cannot decode: skipped with a warning instead of silently.
+UNREADABLE_EXTENSIONS = (".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".heic", ".heif")
 COLOR_MODES = {"grayscale": 1, "rgb": 3, "rgba": 4}
 # Files that operating systems and editors drop into folders; never images.
 _JUNK_NAMES = {"thumbs.db", "desktop.ini", ".ds_store"}
@@ -62,7 +66,8 @@ def _is_junk(name):
     return name.startswith(".") or name.lower() in _JUNK_NAMES
 
 
-def _list_images(folder, follow_links, extensions):
+def _list_images(folder, follow_links, extensions, unreadable=None):
+    """Image paths under ``folder``, sorted; other image formats go to ``unreadable``."""
     found = []
     seen_dirs = set()
     for root, dirs, files in os.walk(folder, followlinks=follow_links):
@@ -78,6 +83,8 @@ def _list_images(folder, follow_links, extensions):
                 continue
             if name.lower().endswith(extensions):
                 found.append(os.path.join(root, name))
+            elif unreadable is not None and name.lower().endswith(UNREADABLE_EXTENSIONS):
+                unreadable.append(os.path.join(root, name))
     return found
 
 
@@ -129,19 +136,29 @@ def index_directory(directory, classes=None, follow_links=False,
         raise DataError(
             f"No class folders in {directory!r}. Expected one sub-folder per class, "
             f"each holding images ({', '.join(extensions)}).")
-    filenames, labels, empty = [], [], []
+    filenames, labels, empty, unreadable = [], [], [], []
     for label, name in enumerate(classes):
-        files = _list_images(os.path.join(directory, name), follow_links, extensions)
+        files = _list_images(os.path.join(directory, name), follow_links, extensions,
+                             unreadable)
         if not files:
             empty.append(name)
         filenames.extend(os.path.relpath(f, directory) for f in files)
         labels.extend([label] * len(files))
+    other = ""
+    if unreadable:
+        kinds = sorted({os.path.splitext(f)[1].lower() for f in unreadable})
+        other = (f" {len(unreadable)} {'/'.join(kinds)} file(s) were skipped: TensorFlow "
+                 f"cannot decode them; convert them to PNG (e.g. with Pillow), e.g. "
+                 f"{os.path.relpath(unreadable[0], directory)}.")
     if empty and not allow_empty_classes:
         raise DataError(
             f"Class folders without images in {directory!r}: {empty}. "
-            f"Expected at least one image ({', '.join(extensions)}) in each class folder.")
+            f"Expected at least one image ({', '.join(extensions)}) in each class folder."
+            + other)
     if not filenames:
-        raise DataError(f"No images found in {directory!r}.")
+        raise DataError(f"No images found in {directory!r}." + other)
+    if other:
+        warnings.warn(other.strip(), stacklevel=2)
     return DirectoryIndex(
         directory=directory,
         filenames=filenames,
