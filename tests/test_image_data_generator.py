@@ -162,6 +162,18 @@ def test_flow_arrays_with_labels_and_weights():
     assert sorted(ys) == list(range(7))
 
 
+def test_flow_gives_labels_back_as_given_and_x_in_the_generator_format():
+    x = np.arange(6 * 4 * 4 * 3, dtype=np.uint8).reshape(6, 4, 4, 3)
+    for y in (np.array(["cat", "dog"] * 3), np.array(["cat", "dög"] * 3, dtype=object)):
+        it = ImageDataGenerator().flow(x, y, batch_size=4, shuffle=False)
+        assert it[0][1].tolist() == ["cat", "dog" if y.dtype.kind == "U" else "dög"] * 2
+        assert it[0][1].dtype == y.dtype and next(it)[1].dtype == y.dtype
+    it = ImageDataGenerator().flow(x, batch_size=4)
+    np.testing.assert_array_equal(it.x, x.astype(np.float32))
+    first = ImageDataGenerator(data_format="channels_first").flow(x.transpose(0, 3, 1, 2))
+    assert first.x.shape == (6, 3, 4, 4) and first[0].shape == (6, 3, 4, 4)
+
+
 def test_flow_from_dataframe_with_a_dict_of_lists(image_dir):
     names = [f"{c}/ïmg_{i}.{'png' if i % 2 else 'jpg'}" for c in CLASSES for i in range(2)]
     table = {"filename": names + ["cat/missing.png"], "label": ["a", "b"] * 3 + ["a"]}

@@ -110,6 +110,8 @@ class ImageIterator(keras.utils.PyDataset):
         self._paths = None if paths is None else tf.constant(paths)
         self._load = load
         self._targets = None if targets is None else tf.constant(targets)
+        kind = getattr(targets, "dtype", np.dtype(float)).kind
+        self._label_dtype = targets.dtype if kind in "OUS" else None
         self._weights = None if sample_weight is None else tf.constant(sample_weight)
         self._epoch = 0
         # Epochs of model.fit, counted between on_epoch_begin and on_epoch_end.
@@ -215,7 +217,7 @@ class ImageIterator(keras.utils.PyDataset):
         index_array = perm[index * self.batch_size:(index + 1) * self.batch_size]
         out = self._batch(tf.constant(epoch, tf.int64), tf.constant(index, tf.int64),
                           tf.constant(index_array, tf.int64), *self._stats())
-        return tuple(t.numpy() for t in out) if isinstance(out, tuple) else out.numpy()
+        return self._to_numpy(out)
 
     def __iter__(self):
         return self
@@ -223,8 +225,16 @@ class ImageIterator(keras.utils.PyDataset):
     def __next__(self):
         if self._stream is None:
             self._stream = iter(self.as_dataset(repeat=True))
-        out = next(self._stream)
-        return tuple(t.numpy() for t in out) if isinstance(out, tuple) else out.numpy()
+        return self._to_numpy(next(self._stream))
+
+    def _to_numpy(self, out):
+        """A batch of tensors as NumPy; string labels come back as ``str``, as given."""
+        if not isinstance(out, tuple):
+            return out.numpy()
+        out = [t.numpy() for t in out]
+        if out[1].dtype == object and self._label_dtype is not None:  # bytes from tf.string
+            out[1] = np.char.decode(out[1].astype(bytes), "utf-8").astype(self._label_dtype)
+        return tuple(out)
 
     def as_dataset(self, repeat=False, start_epoch=0):
         """This iterator's batches as a prefetched ``tf.data.Dataset``.
@@ -551,12 +561,23 @@ class NumpyArrayIterator(ImageIterator):
                                        np.unique(y[int(gen.validation_split * len(x)):]))):
             raise DataError("The training and validation subsets hold different classes; "
                             "shuffle x and y first, or pass ignore_class_split=True.")
-        self.x = x[start:stop]
+        x = x[start:stop]
         self.y = None if y is None else np.asarray(y)[start:stop]
         weights = None if sample_weight is None else np.asarray(sample_weight)[start:stop]
-        self.image_shape = self.x.shape[1:]
+        self.image_shape = x.shape[1:]
         gen._check_fitted(self.image_shape[gen.channel_axis - 1])
-        images = self.x if gen.data_format == "channels_last" else self.x.transpose(0, 2, 3, 1)
-        super().__init__(gen, images=images.astype(np.float32), targets=self.y,
+        images = x if gen.data_format == "channels_last" else x.transpose(0, 2, 3, 1)
+        images = images.astype(np.float32, copy=False)
+        # Float32 channels-last images are held once, by TensorFlow; ``x`` is
+        # made from them when asked for (a second copy doubled the memory).
+        self._x = None if images is x else x
+        super().__init__(gen, images=images, targets=self.y,
                          sample_weight=weights, class_mode=None, batch_size=batch_size,
                          shuffle=shuffle, seed=seed)
+
+    @property
+    def x(self):
+        """np.ndarray. The images, in the generator's data format and dtype."""
+        if self._x is None:
+            self._x = self._images.numpy()
+        return self._x
