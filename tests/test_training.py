@@ -235,6 +235,26 @@ def test_best_checkpoint_value_survives_a_restart(tmp_path):
     assert (tmp_path / "best.keras").stat().st_mtime_ns == saved
 
 
+def test_best_checkpoint_takes_a_mode_for_metrics_keras_cannot_infer(tmp_path):
+    from fmkeras.training.callbacks import BestCheckpoint
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    path = str(tmp_path / "best.keras")
+    best = BestCheckpoint(path, monitor="g_score", mode="max")
+    best.set_model(model)
+    best.on_train_begin()
+    best.on_epoch_end(0, {"g_score": 0.5})
+    best.on_epoch_end(1, {"g_score": 0.4})
+    assert best.best == 0.5
+    minimum = BestCheckpoint(path, monitor="g_score", mode="min")  # another mode: fresh
+    minimum.set_model(model)
+    minimum.on_train_begin()
+    minimum.on_epoch_end(0, {"g_score": 0.7})
+    assert minimum.best == 0.7
+    with pytest.raises(ValueError, match="Received: mode='lower'"):
+        BestCheckpoint(path, mode="lower")
+
+
 def test_loss_scale_guard_stops_when_every_step_is_skipped():
     from fmkeras.training.callbacks import LossScaleGuard, NonFiniteLossError
 

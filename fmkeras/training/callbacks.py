@@ -155,17 +155,23 @@ class BestCheckpoint(keras.callbacks.ModelCheckpoint):
 
     Args:
         filepath: str. The ``.keras`` file.
-        monitor: str. Metric to watch (lower is better for losses, higher
-            for accuracies, as Keras infers).
+        monitor: str. Metric to watch.
         interval_s: float. Seconds between writes; 0 writes every improvement.
+        mode: ``"auto"``, ``"min"`` or ``"max"``, as in ``ModelCheckpoint``:
+            ``"auto"`` takes lower as better for losses and higher for
+            accuracies; other metrics (a GAN's ``g_loss`` counts) need
+            ``"min"`` or ``"max"``.
 
     Example:
 
     >>> best = BestCheckpoint("/tmp/fmkeras-example/best.keras", monitor="val_loss")
     """
 
-    def __init__(self, filepath, monitor="val_loss", interval_s=0.0):
-        super().__init__(filepath, monitor=monitor, save_best_only=True)
+    def __init__(self, filepath, monitor="val_loss", interval_s=0.0, mode="auto"):
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"Expected mode 'auto', 'min' or 'max'. Received: mode={mode!r}")
+        super().__init__(filepath, monitor=monitor, save_best_only=True, mode=mode)
+        self.mode = mode
         self.state_path = f"{filepath}.best.json"
         self.clock = Interval(interval_s)
         self._pending = None  # (epoch, weights) of a best epoch not yet written
@@ -179,7 +185,8 @@ class BestCheckpoint(keras.callbacks.ModelCheckpoint):
         if os.path.exists(self.state_path) and os.path.exists(self.filepath):
             with open(self.state_path, encoding="utf-8") as f:
                 state = json.load(f)
-            if state.get("monitor") == self.monitor:
+            if (state.get("monitor") == self.monitor
+                    and state.get("mode", "auto") == self.mode):
                 self.best = float(state["best"])
 
     def on_epoch_end(self, epoch, logs=None):
@@ -202,8 +209,8 @@ class BestCheckpoint(keras.callbacks.ModelCheckpoint):
         if self.best is not None:
             tmp = f"{self.state_path}.tmp"
             with open(tmp, "w", encoding="utf-8") as f:
-                json.dump({"monitor": self.monitor, "best": float(self.best),
-                           "epoch": epoch}, f)
+                json.dump({"monitor": self.monitor, "mode": self.mode,
+                           "best": float(self.best), "epoch": epoch}, f)
             os.replace(tmp, self.state_path)
         self.clock.reset()
 
