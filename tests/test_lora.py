@@ -36,6 +36,24 @@ def test_patterns_select_layers_and_only_adapters_train():
     assert np.abs(model.get_layer("hidden").lora_kernel_b.numpy()).max() > 0
 
 
+def test_frozen_batch_norms_keep_their_moving_statistics():
+    inputs = keras.Input((6,))
+    x = keras.layers.Dense(16, name="hidden")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    outputs = keras.layers.Dense(3, activation="softmax", name="head")(x)
+    model = keras.Model(inputs, outputs)
+    lora.enable_lora(model, rank=2)
+    bn = model.get_layer("bn")
+    before = [w.numpy().copy() for w in bn.weights]
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="categorical_crossentropy")
+    model.fit(*data(), batch_size=8, epochs=2, verbose=0)
+    for value, weight in zip(before, bn.weights):
+        np.testing.assert_array_equal(weight.numpy(), value)
+    merged = lora.merge_lora(model)
+    assert merged.get_layer("bn").trainable
+    assert len(merged.trainable_weights) == len(merged.weights) - 2  # all but BN's moving stats
+
+
 def test_merged_model_predicts_the_same_without_adapters(tmp_path):
     model = mlp()
     lora.enable_lora(model, rank=2)

@@ -50,7 +50,10 @@ def enable_lora(model, rank, patterns=("*",), lora_alpha=None, freeze_others=Tru
         lora_alpha: optional float. Scale of the update is
             ``lora_alpha / rank`` (default 1).
         freeze_others: bool. Freeze every other weight (biases of the
-            selected layers included), so only the adapters train.
+            selected layers included), so only the adapters train; layers
+            without adapters become non-trainable too, so batch norms keep
+            their moving statistics (inference mode, as Keras fine-tuning
+            does).
         exclude: iterable of ``fnmatch`` patterns over layer names never
             given adapters, even when ``patterns`` match them.
 
@@ -85,14 +88,29 @@ def enable_lora(model, rank, patterns=("*",), lora_alpha=None, freeze_others=Tru
     if other:
         raise ValueError(f"LoRA is already on with another rank: {other}. Expected rank={rank} "
                          f"for every selected layer; merge_lora(model) first to start again")
+    chosen = {id(layer) for layer in selected}
+    # A layer an earlier call froze would hide the adapters below it.
+    for layer in [model, *_all_layers(model)]:
+        if not layer.trainable and (id(layer) in chosen or any(
+                id(sub) in chosen for sub in _all_layers(layer))):
+            layer.trainable = True
     for layer in selected:
         if not layer.lora_enabled:
             layer.enable_lora(rank, lora_alpha=lora_alpha)
+    for layer in lora_layers(model):  # the base weights under adapters stay frozen
+        for name in ("_kernel", "_embeddings"):
+            if isinstance(getattr(layer, name, None), keras.Variable):
+                getattr(layer, name).trainable = False
     if freeze_others:
         adapters = {id(v) for v in _adapters(model)}
         for variable in model.weights:
             if id(variable) not in adapters:
                 variable.trainable = False
+        # A frozen variable still changes in a layer that trains: batch norms
+        # update their moving statistics unless the layer itself is frozen.
+        for layer in _all_layers(model):
+            if not any(id(v) in adapters for v in layer.weights):
+                layer.trainable = False
     return selected
 
 
@@ -143,6 +161,8 @@ def merge_lora(model):
     config = _strip_lora(keras.saving.serialize_keras_object(model))
     config.pop("compile_config", None)  # a fresh, uncompiled copy: no optimizer state
     merged = keras.saving.deserialize_keras_object(config)
+    for layer in [merged, *_all_layers(merged)]:  # enable_lora froze layers without adapters
+        layer.trainable = True
     # Keras saves a LoRA layer's kernel with the update merged in.
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "merged.weights.h5")
