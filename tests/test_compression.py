@@ -91,6 +91,12 @@ def test_prune_reaches_the_target_sparsity():
     assert np.abs(original[~kept]).max() <= np.abs(original[kept]).min()  # smallest went
 
 
+def test_prune_zeros_the_fraction_asked_when_magnitudes_tie():
+    model = keras.Sequential([keras.Input((10,)), keras.layers.Dense(
+        10, kernel_initializer=keras.initializers.Constant(0.1))])
+    assert compression.prune(model, 0.1) == pytest.approx(0.1)  # was 1.0: every tie went
+
+
 def test_errors_name_what_was_received():
     with pytest.raises(ValueError, match="Received: mode='int3'"):
         compression.quantize(mlp(), "int3")

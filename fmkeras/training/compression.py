@@ -80,8 +80,11 @@ def _magnitude_mask(kernel, fraction):
     count = int(round(fraction * kernel.size))
     if not count:
         return np.ones_like(kernel)
-    threshold = np.partition(np.abs(kernel).ravel(), count - 1)[count - 1]
-    return (np.abs(kernel) > threshold).astype(kernel.dtype)
+    # Exactly ``count`` zeros: a threshold would also drop every weight tied with it.
+    smallest = np.argpartition(np.abs(kernel).ravel(), count - 1)[:count]
+    mask = np.ones(kernel.size, kernel.dtype)
+    mask[smallest] = 0
+    return mask.reshape(kernel.shape)
 
 
 @accepts_numpy_scalars
