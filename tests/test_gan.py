@@ -90,6 +90,10 @@ def test_conditional_gan_trains_on_image_label_dataset():
     assert all(changed(before, gan))
     generated = gan([np.zeros((2, LATENT), "float32"), np.array([[0], [2]], "int32")])
     assert tuple(generated.shape) == (2, *SHAPE)
+    latents = np.random.default_rng(0).normal(size=(5, LATENT)).astype("float32")
+    flat = gan.predict([latents, np.array([0, 1, 2, 0, 1])], verbose=0)  # 1-D labels, as fit
+    np.testing.assert_allclose(flat, gan.predict([latents, np.array([[0], [1], [2], [0], [1]])],
+                                                 verbose=0), atol=1e-6)
     with pytest.raises(FmkerasError, match="labels"):
         gan.fit(images(), batch_size=4, epochs=1, verbose=0)
 

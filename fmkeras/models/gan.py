@@ -228,7 +228,13 @@ class GAN(keras.Model):
         return cls(**config)
 
     def call(self, inputs, training=False):
-        """Generates images from `latents`, or `[latents, labels]` when conditional."""
+        """Generates images from `latents`, or `[latents, labels]` when conditional.
+
+        Labels may be ``(batch,)`` or ``(batch, 1)`` integers, as in ``fit``.
+        """
+        if self.conditional and isinstance(inputs, (list, tuple)) and len(inputs) == 2:
+            latents, labels = inputs
+            inputs = [latents, tf.reshape(tf.cast(labels, "int32"), (-1, 1))]
         return self.generator(inputs, training=training)
 
     # -- one step ---------------------------------------------------------
