@@ -100,6 +100,20 @@ def test_conditional_generator_export_is_checked(tmp_path):
                                                  labels=tf.constant([0], tf.int32))
 
 
+def test_a_gan_exports_its_generator_and_other_models_are_named(tmp_path):
+    from fmkeras.errors import FmkerasError
+    from fmkeras.models import GAN, dcgan_discriminator
+
+    generator = dcgan_generator(4, (16, 16, 1), base_filters=4)
+    gan = GAN(generator, dcgan_discriminator((16, 16, 1), base_filters=4))
+    path = export_lib.export_generator(gan, str(tmp_path), "gan", check=False)
+    served = tf.saved_model.load(path).signatures["serving_default"](latents=tf.zeros((2, 4)))
+    assert served["images"].shape == (2, 16, 16, 1)
+    with pytest.raises(FmkerasError, match="Expected a functional keras.Model generator, or a "
+                                           "GAN. Received: str"):
+        export_lib.export_generator("generator.keras", str(tmp_path), "bad")
+
+
 def test_bad_config_values_raise_clear_errors(tmp_path):
     config = tiny_config(str(tmp_path / "missing"), tmp_path / "run")
     with pytest.raises(DataError, match="not found.*missing"):

@@ -51,6 +51,16 @@ def _checked(values, low, high, name):
         return tf.identity(values)
 
 
+def _generator_of(model):
+    """``model``, or the generator of an :class:`fmkeras.models.GAN`."""
+    if isinstance(getattr(model, "generator", None), keras.Model):
+        return model.generator
+    if not isinstance(model, keras.Model) or not getattr(model, "inputs", None):
+        raise FmkerasError(f"Expected a functional keras.Model generator, or a GAN. "
+                           f"Received: {type(model).__name__}")
+    return model
+
+
 def generator_archive(generator):
     """An ``ExportArchive`` serving a (DCGAN) generator.
 
@@ -81,9 +91,7 @@ def generator_archive(generator):
     >>> sample(tf.constant(2), tf.constant(0))["images"].dtype
     tf.uint8
     """
-    if not isinstance(generator, keras.Model):
-        raise FmkerasError(
-            f"Expected a keras.Model generator. Received: {type(generator).__name__}")
+    generator = _generator_of(generator)
     latent_dim = int(generator.inputs[0].shape[-1])
     num_classes = _num_classes(generator)
     latent_spec = tf.TensorSpec((None, latent_dim), tf.float32, name="latents")
@@ -129,7 +137,8 @@ def export_generator(generator, export_root, name, version=None, check=True):
     """Export an image generator for TF Serving and check the result.
 
     Args:
-        generator: ``keras.Model``. Maps latents (and labels) to images in [-1, 1].
+        generator: ``keras.Model``. Maps latents (and labels) to images in
+            [-1, 1]; a :class:`fmkeras.models.GAN` exports its generator.
         export_root: str. E.g. ``<run_dir>/export``.
         name: str. Model name, the folder under ``export_root``.
         version: optional int. Defaults to the next free version.
@@ -148,6 +157,7 @@ def export_generator(generator, export_root, name, version=None, check=True):
     >>> os.path.exists(os.path.join(path, "saved_model.pb"))
     True
     """
+    generator = _generator_of(generator)
     archive, serve_latents, sample = generator_archive(generator)
     path = write_versioned(export_root, name,
                            lambda p: archive.write_out(p, verbose=False), version)
