@@ -119,6 +119,14 @@ def test_text_export_refuses_a_class_name_count_other_than_the_outputs():
     vectorizer = text_vectorizer(8, texts=["hola", "hello"])
     with pytest.raises(export.ExportError, match=r"per model output \(2\). Received: 3"):
         export.text_classifier_archive(lstm_classifier(10, 2), vectorizer, ["en", "es", "fr"])
+    # Without a fixed length, a long or empty request would fail inside the served graph.
+    import keras
+
+    free = keras.layers.TextVectorization()
+    free.adapt(["hello there", "good morning"])
+    with pytest.raises(export.ExportError, match=r"no output_sequence_length.*"
+                                                 r"output_sequence_length=N\)"):
+        export.text_classifier_archive(lstm_classifier(10, 2), free, ["en", "es"])
 
 
 @pytest.mark.parametrize("sizes, match", [

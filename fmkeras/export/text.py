@@ -82,8 +82,8 @@ def check_vectorizer_fits(model, vectorizer, layer_name, role):
 
     A vectorizer with more tokens, or longer outputs, than the embedding
     layer ``layer_name`` was built for fails deep inside a served graph (or,
-    on a GPU, silently embeds zeros); a model without that layer is not
-    checked.
+    on a GPU, silently embeds zeros), and so does one without a fixed
+    ``output_sequence_length``; a model without that layer is not checked.
 
     Example:
 
@@ -107,6 +107,13 @@ def check_vectorizer_fits(model, vectorizer, layer_name, role):
                           f"the model was trained with")
     length = vectorizer.get_config().get("output_sequence_length")
     limit = getattr(layer, "sequence_length", None)
+    if length is None:
+        size = limit or "N"
+        raise ExportError(f"The {role} vectorizer has no output_sequence_length, so a served "
+                          f"text longer than the model takes, or an empty one, fails in the "
+                          f"graph. Expected a fixed length, e.g. TextVectorization("
+                          f"output_sequence_length={size}) or "
+                          f"fmkeras.data.text.text_vectorizer({size}, ...)")
     if length is not None and limit is not None and length > limit:
         raise ExportError(f"The {role} vectorizer makes sequences of {length} tokens, longer "
                           f"than the model's {limit}. Expected the vectorizer the model was "
