@@ -56,6 +56,15 @@ def test_round_trips_through_a_keras_file(tmp_path):
     assert isinstance(reloaded, SimCLR) and reloaded.temperature == 0.5
     assert reloaded.augmentation == model.augmentation
     np.testing.assert_allclose(reloaded.predict(images, verbose=0), expected, atol=1e-6)
+    # A quantized copy's projection head comes back quantized (it failed to load).
+    from fmkeras.training.compression import quantize
+
+    small = quantize(model)
+    small.save(str(tmp_path / "int8.keras"))
+    again = keras.saving.load_model(str(tmp_path / "int8.keras"))
+    assert again.projection.get_layer("projection_hidden").quantization_mode == "int8"
+    np.testing.assert_allclose(again.predict(images, verbose=0),
+                               small.predict(images, verbose=0), atol=1e-6)
 
 
 def test_rejects_bad_temperature():

@@ -63,6 +63,9 @@ class SimCLR(keras.Model):
             fields as a dict) drawing each view; defaults to
             :data:`DEFAULT_AUGMENTATION`.
         seed: optional int. Seeds the views.
+        projection: optional ``keras.Model``, the projection head; by
+            default ``Dense(hidden_dim, "relu")`` then ``Dense(projection_dim)``.
+            The config carries the head, so a quantized copy reloads.
         **kwargs: base ``keras.Model`` arguments (``name``).
 
     Example:
@@ -75,7 +78,7 @@ class SimCLR(keras.Model):
     """
 
     def __init__(self, encoder, projection_dim=64, hidden_dim=128, temperature=0.1,
-                 augmentation=None, seed=None, **kwargs):
+                 augmentation=None, seed=None, projection=None, **kwargs):
         super().__init__(**kwargs)
         check_model("encoder", encoder)
         if temperature <= 0:
@@ -90,7 +93,9 @@ class SimCLR(keras.Model):
         self.augmentation = augmentation or DEFAULT_AUGMENTATION
         self.seed = seed
         self.pool = keras.layers.GlobalAveragePooling2D(name="pool")
-        self.projection = keras.Sequential([
+        if projection is not None:
+            check_model("projection", projection)
+        self.projection = projection or keras.Sequential([
             keras.layers.Dense(hidden_dim, activation="relu", name="projection_hidden"),
             keras.layers.Dense(projection_dim, dtype="float32", name="projection_out"),
         ], name="projection")
@@ -148,10 +153,14 @@ class SimCLR(keras.Model):
                 "encoder": keras.saving.serialize_keras_object(self.encoder),
                 "projection_dim": self.projection_dim, "hidden_dim": self.hidden_dim,
                 "temperature": self.temperature,
-                "augmentation": dataclasses.asdict(self.augmentation), "seed": self.seed}
+                "augmentation": dataclasses.asdict(self.augmentation), "seed": self.seed,
+                # Its layers' dtype policies: quantized ones come back quantized.
+                "projection": keras.saving.serialize_keras_object(self.projection)}
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
+        for key in ("encoder", "projection"):
+            if config.get(key) is not None:
+                config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
