@@ -28,6 +28,29 @@ def test_target_layer_choice_and_errors():
     assert overlay(np.zeros((16, 16, 1)), np.ones((4, 4))).shape == (16, 16, 3)
 
 
+def test_a_classifier_on_a_nested_backbone_is_explained_inside_the_backbone():
+    import keras
+
+    from fmkeras.models.backbones import image_classifier
+
+    inner_in = keras.Input((16, 16, 1))
+    features = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv_a")(
+        inner_in)
+    features = keras.layers.Conv2D(6, 3, strides=2, padding="same", name="conv_b")(features)
+    backbone = keras.Model(inner_in, features, name="backbone")
+    model = image_classifier(backbone, 3, dropout=0.0)
+    x = np.random.default_rng(0).uniform(size=(2, 16, 16, 1)).astype("float32")
+    assert last_conv_layer(model) == "conv_b"
+    maps, classes = grad_cam(model, x)
+    assert maps.shape == (2, 8, 8) and maps.max() <= 1.0
+    np.testing.assert_array_equal(classes, model.predict(x, verbose=0).argmax(-1))
+    assert grad_cam(model, x, layer_name="conv_a")[0].shape == (2, 16, 16)
+    with pytest.raises(ValueError, match=r"No layer 'nope'.*'backbone', 'input_layer.*'conv_a'"):
+        grad_cam(model, x, layer_name="nope")
+    with pytest.raises(ValueError, match=r"one per image \(2\). Received: class_index=\[0, 1, 2"):
+        grad_cam(model, x, class_index=[0, 1, 2])
+
+
 def test_class_index_outside_the_outputs_is_refused():
     model = simple_cnn((16, 16, 1), 3, filters=(4,), dense_units=0)
     with pytest.raises(ValueError, match=r"Expected class_index in \[0, 3\). "

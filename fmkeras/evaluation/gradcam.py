@@ -10,6 +10,9 @@ import tensorflow as tf
 def last_conv_layer(model):
     """The last layer with a 4-D output that is not pooling: the usual Grad-CAM target.
 
+    A nested model (a backbone inside a classifier) is looked into: its own
+    last such layer is named.
+
     Example:
 
     >>> from fmkeras.models import simple_cnn
@@ -19,6 +22,8 @@ def last_conv_layer(model):
     image_layers = [layer for layer in model.layers
                     if getattr(layer, "output", None) is not None and len(layer.output.shape) == 4]
     for layer in reversed(image_layers):
+        if isinstance(layer, keras.Model):
+            return last_conv_layer(layer)
         if "pool" not in type(layer).__name__.lower():
             return layer.name
     raise ValueError(f"Model {model.name!r} has no layer with a 4-D (image) output. "
@@ -31,7 +36,8 @@ def grad_cam(model, images, layer_name=None, class_index=None):
     Args:
         model: a Functional ``keras.Model`` classifier.
         images: array ``(batch, h, w, c)`` as the model takes them.
-        layer_name: optional str. Convolutional layer to explain; defaults to
+        layer_name: optional str. Convolutional layer to explain, in
+            ``model`` or in a model nested in it (a backbone); defaults to
             :func:`last_conv_layer`.
         class_index: optional int or array of int. Class to explain per image;
             defaults to the predicted class.
@@ -48,18 +54,19 @@ def grad_cam(model, images, layer_name=None, class_index=None):
     (2, 4, 4)
     """
     layer_name = layer_name or last_conv_layer(model)
-    try:
-        target = model.get_layer(layer_name).output
-    except ValueError:
+    probe = _probe(model, layer_name)
+    if probe is None:
         raise ValueError(f"No layer {layer_name!r} in model {model.name!r}. Expected one of "
-                         f"{[layer.name for layer in model.layers]}") from None
-    probe = keras.Model(model.inputs, [target, model.output])
+                         f"{_layer_names(model)}")
     images = tf.convert_to_tensor(np.asarray(images, np.float32))
     classes = model.output_shape[-1]
     if class_index is not None:
         index = np.asarray(class_index)
         if not np.issubdtype(index.dtype, np.integer) or ((index < 0) | (index >= classes)).any():
             raise ValueError(f"Expected class_index in [0, {classes}). "
+                             f"Received: class_index={class_index!r}")
+        if index.ndim > 1 or (index.ndim == 1 and len(index) != len(images)):
+            raise ValueError(f"Expected one class_index, or one per image ({len(images)}). "
                              f"Received: class_index={class_index!r}")
     with tf.GradientTape() as tape:
         features, predictions = probe(images, training=False)
@@ -75,6 +82,42 @@ def grad_cam(model, images, layer_name=None, class_index=None):
     peak = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
     cam = tf.math.divide_no_nan(cam, peak)
     return cam.numpy(), chosen.numpy()
+
+
+def _layer_names(model):
+    names = []
+    for layer in model.layers:
+        names.append(layer.name)
+        if isinstance(layer, keras.Model):
+            names.extend(_layer_names(layer))
+    return names
+
+
+def _probe(model, layer_name):
+    """A model from ``model``'s inputs to ``[layer output, model output]``, or None.
+
+    The layer may sit in a nested model: the outer graph is then called again,
+    sharing its layers, with the nested model swapped for its own probe.
+    """
+    if layer_name in [layer.name for layer in model.layers]:
+        return keras.Model(model.inputs, [model.get_layer(layer_name).output, model.output])
+    for nested in model.layers:
+        inner = _probe(nested, layer_name) if isinstance(nested, keras.Model) else None
+        if inner is None:
+            continue
+        found = []
+
+        def call(layer, *args, **kwargs):
+            if layer is not nested:
+                return layer(*args, **kwargs)
+            features, outputs = inner(*args, **kwargs)
+            found.append(features)
+            return outputs
+
+        rewired = keras.models.clone_model(model, clone_function=lambda layer: layer,
+                                           call_function=call)
+        return keras.Model(rewired.inputs, [found[0], rewired.output])
+    return None
 
 
 def overlay(image, heatmap, alpha=0.45):
