@@ -15,6 +15,8 @@ def test_scores_of_a_known_case():
     by_class = {row["class"]: row for row in scores["per_class"]}
     assert by_class["b"]["precision"] == 0.5 and by_class["c"]["recall"] == 0.5
     assert scores["macro_f1"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
+    one_hot = classification_metrics(np.eye(3)[[0, 1, 2, 2]], probabilities, ["a", "b", "c"])
+    assert one_hot == scores  # label_mode="categorical" labels
 
 
 @pytest.mark.parametrize("y_true, probabilities, match", [
@@ -22,6 +24,9 @@ def test_scores_of_a_known_case():
     ([0, 1], np.eye(2), r"shape \(n, 3\), one column per class name. Received: shape \(2, 2\)"),
     ([0, 5], np.eye(3)[:2], r"labels in \[0, 3\). Received: \[5\]"),
     ([0, -1], np.eye(3)[:2], r"Received: \[-1\]"),
+    ([0.9, 1.0], np.eye(3)[:2], r"integer class indices .* Received: dtype float64, e.g. \[0.9"),
+    (["a", "b"], np.eye(3)[:2], r"integer class indices .* Received: dtype <U1"),
+    ([], np.zeros((0, 3)), "at least one prediction. Received: 0 rows"),
 ])
 def test_inputs_that_do_not_line_up_are_refused(y_true, probabilities, match):
     with pytest.raises(FmkerasError, match=match):

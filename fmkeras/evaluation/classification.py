@@ -16,7 +16,8 @@ def classification_metrics(y_true, probabilities, class_names):
     """Accuracy, macro F1, per-class precision/recall/F1 and the confusion matrix.
 
     Args:
-        y_true: array of int. True class indices.
+        y_true: array of int. True class indices, or one-hot rows
+            ``(n, num_classes)`` (``label_mode="categorical"``).
         probabilities: array of shape ``(n, num_classes)``. Predicted
             probabilities (or logits: only the arg-max is used).
         class_names: list of str. Name of each class index.
@@ -32,11 +33,20 @@ def classification_metrics(y_true, probabilities, class_names):
     >>> m["accuracy"], m["macro_f1"]
     (1.0, 1.0)
     """
-    y_true = np.asarray(y_true).astype(int).reshape(-1)
+    y_true = np.asarray(y_true)
     probabilities = np.asarray(probabilities)
     if probabilities.ndim != 2 or probabilities.shape[1] != len(class_names):
         raise FmkerasError(f"Expected probabilities of shape (n, {len(class_names)}), one column "
                            f"per class name. Received: shape {probabilities.shape}")
+    if not len(probabilities):
+        raise FmkerasError("Expected at least one prediction. Received: 0 rows of probabilities")
+    if y_true.ndim == 2 and y_true.shape[1] == len(class_names) > 1:  # one-hot rows
+        y_true = y_true.argmax(axis=-1)
+    if y_true.dtype.kind not in "biuf" or (
+            y_true.dtype.kind == "f" and not np.array_equal(y_true, np.round(y_true))):
+        raise FmkerasError(f"Expected integer class indices (or one-hot rows) as y_true. "
+                           f"Received: dtype {y_true.dtype}, e.g. {y_true.ravel()[:3].tolist()}")
+    y_true = y_true.astype(int).reshape(-1)
     if len(y_true) != len(probabilities):
         raise FmkerasError(f"Expected one true label per row of probabilities "
                            f"({len(probabilities)}). Received: {len(y_true)} labels")
