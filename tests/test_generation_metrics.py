@@ -82,6 +82,8 @@ def test_frechet_distance_closed_forms_and_singular_covariances():
     assert np.isfinite(value) and value > 0
     with pytest.raises(FmkerasError, match="Received: mean shape"):
         frechet_distance(np.zeros(3), np.eye(2), np.zeros(3), np.eye(3))
+    with pytest.raises(FmkerasError, match="Expected the first statistics to be finite"):
+        frechet_distance(np.full(2, np.nan), np.eye(2), np.zeros(2), np.eye(2))  # was NaN
 
 
 def test_inception_score_bounds():
@@ -97,6 +99,7 @@ def test_inception_score_bounds():
         inception_score(np.ones((4, 3)))
     with pytest.raises(FmkerasError, match="splits"):
         inception_score(np.full((4, 2), 0.5), splits=5)
+    assert inception_score(np.full((4, 2), 0.5), splits=np.int64(2)) == (pytest.approx(1.0), 0.0)
 
 
 def test_kid_of_identical_sets_is_about_zero_and_grows_with_shift():
@@ -111,6 +114,10 @@ def test_kid_of_identical_sets_is_about_zero_and_grows_with_shift():
     assert abs(value) < 3 * std + 1e-3
     with pytest.raises(FmkerasError, match="same d"):
         kid(feats, feats[:, :3])
+    with pytest.raises(FmkerasError, match="Received: num_subsets=0"):
+        kid(feats, other, num_subsets=0)  # was (nan, nan)
+    with pytest.raises(FmkerasError, match="finite features"):
+        kid(np.full((4, 12), np.nan), other)
 
 
 def _tiny_classifier(activation):

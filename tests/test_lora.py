@@ -74,7 +74,8 @@ def test_embedding_and_transformer_layers_under_mixed_precision():
     keras.mixed_precision.set_global_policy("mixed_float16")
     model = transformer_classifier(vocab_size=20, sequence_length=6, num_classes=2,
                                    d_model=8, num_heads=2, ff_dim=8, num_layers=1)
-    selected = lora.enable_lora(model, rank=2, patterns=["query", "value", "token_embedding"])
+    selected = lora.enable_lora(model, rank=np.int64(2),  # NumPy ints, as the builders take
+                                patterns=["query", "value", "token_embedding"])
     assert selected
     adapters = [w for layer in selected for w in layer.weights if "lora" in w.name]
     assert len(adapters) == 2 * len(selected)

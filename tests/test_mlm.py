@@ -31,6 +31,8 @@ def test_masking_never_touches_padding_and_follows_the_rate():
     np.testing.assert_array_equal(again, inputs)
     with pytest.raises(ValueError, match="Received: rate=0"):
         mask_tokens(ids, 50, 51, rate=0)
+    np.testing.assert_array_equal(mask_tokens(ids, np.int64(50), np.int64(51), 0.15,
+                                              seed=(1, 2))[0], inputs)
     with pytest.raises(ValueError, match="Received: rate='0.15'"):
         mask_tokens(ids, 50, 51, rate="0.15")
 

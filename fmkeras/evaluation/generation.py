@@ -24,6 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from fmkeras._scalars import accepts_numpy_scalars
 from fmkeras.errors import FmkerasError, keras_download
 
 INCEPTION_SIZE = 299
@@ -211,6 +212,9 @@ def _check_stats(name, mu, sigma):
             f"Expected {name} as a (d,) mean and a (d, d) covariance. "
             f"Received: mean shape {mu.shape}, covariance shape {sigma.shape}"
         )
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise FmkerasError(f"Expected {name} to be finite. Received: NaN or infinite "
+                           f"values (features of non-finite images?)")
     return mu, sigma
 
 
@@ -285,6 +289,7 @@ def fid(real, fake, extractor, batch_size=64):
     return frechet_distance(stats[0].mean, stats[0].covariance, stats[1].mean, stats[1].covariance)
 
 
+@accepts_numpy_scalars
 def inception_score(probs, splits=10, seed=0):
     """Inception Score `exp(E_x KL(p(y|x) || p(y)))` of class probabilities.
 
@@ -333,6 +338,7 @@ def _polynomial_kernel(x, y):
     return (x @ y.T / x.shape[1] + 1.0) ** 3
 
 
+@accepts_numpy_scalars
 def kid(real_features, fake_features, num_subsets=100, subset_size=1000, seed=0):
     """Kernel Inception Distance: unbiased MMD^2 with a cubic polynomial kernel.
 
@@ -367,6 +373,11 @@ def kid(real_features, fake_features, num_subsets=100, subset_size=1000, seed=0)
             "Expected two (n, d) feature arrays of the same d. "
             f"Received: shapes {real.shape} and {fake.shape}"
         )
+    if not (np.isfinite(real).all() and np.isfinite(fake).all()):
+        raise FmkerasError("Expected finite features. Received: NaN or infinite values")
+    for name, value in (("num_subsets", num_subsets), ("subset_size", subset_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise FmkerasError(f"Expected a positive integer {name}. Received: {name}={value!r}")
     m = min(subset_size, len(real), len(fake))
     if m < 2:
         raise FmkerasError(f"Expected at least 2 feature vectors per set. Received: {m}")

@@ -21,6 +21,7 @@ from fmkeras.config import is_count, is_number
 from fmkeras.models.transformer import PositionalEmbedding, TransformerEncoderBlock
 
 
+@accepts_numpy_scalars
 def mask_tokens(token_ids, mask_id, vocab_size, rate=0.15, seed=(0, 0)):
     """Corrupt a batch of token ids for masked-language-model training.
 

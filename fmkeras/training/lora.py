@@ -15,6 +15,7 @@ import tempfile
 
 import keras
 
+from fmkeras._scalars import accepts_numpy_scalars
 from fmkeras.models._checks import check_model
 
 LORA_LAYER_TYPES = (keras.layers.Dense, keras.layers.EinsumDense, keras.layers.Embedding)
@@ -38,6 +39,7 @@ def lora_layers(model):
     return [layer for layer in _all_layers(model) if getattr(layer, "lora_enabled", False)]
 
 
+@accepts_numpy_scalars
 def enable_lora(model, rank, patterns=("*",), lora_alpha=None, freeze_others=True,
                 exclude=()):
     """Enable LoRA on the Dense/EinsumDense/Embedding layers whose name matches a pattern.
