@@ -95,6 +95,8 @@ def test_classifier_output_is_float32_under_mixed_precision():
 
 
 def test_classifier_rejects_bad_arguments():
+    with pytest.raises(ValueError, match=r"input_shape.*Received: 32"):
+        backbones.backbone("mobilenet_v2", 32)
     features = tiny()
     with pytest.raises(ValueError, match="Received: num_classes=0"):
         backbones.image_classifier(features, 0)

@@ -55,6 +55,9 @@ def test_mlp_count_and_flatten():
     model = mlp((8, 8, 1), hidden_units=(32, 16), num_outputs=3)
     assert model.count_params() == (64 * 32 + 32) + (32 * 16 + 16) + (16 * 3 + 3)
     assert model.output_shape == (None, 3)
+    assert mlp((8,), 4, 2).count_params() == (8 * 4 + 4) + (4 * 2 + 2)  # one int: one layer
+    with pytest.raises(ValueError, match="Received: hidden_units=None"):
+        mlp((8,), None, 2)
 
 
 BUILDERS = {

@@ -107,6 +107,7 @@ def test_bad_export_name(tmp_path):
 ])
 def test_image_export_refuses_settings_that_do_not_fit_the_model(tmp_path, args, match):
     model = simple_cnn((8, 8, 1), 3, filters=(4,), dense_units=0)
+    export.image_classifier_archive(model, ["a", "b", "c"], 8, 1)  # one int: a square
     with pytest.raises(export.ExportError, match=match):
         export.export_image_classifier(model, str(tmp_path), "m", *args, check=False)
     assert not os.path.exists(tmp_path / "m")

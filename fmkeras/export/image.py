@@ -63,6 +63,18 @@ def declared_pixels(data):
     ], default=lambda: tf.constant(0, tf.int64), exclusive=False)
 
 
+def _image_size(image_size):
+    """``(height, width)`` from a pair or one int (a square), as the image pipelines take."""
+    if isinstance(image_size, int) and not isinstance(image_size, bool):
+        image_size = (image_size, image_size)
+    try:
+        height, width = image_size
+    except (TypeError, ValueError):
+        raise ExportError(f"Expected image_size=(height, width) or one int. "
+                          f"Received: image_size={image_size!r}") from None
+    return int(height), int(width)
+
+
 def image_classifier_archive(model, class_names, image_size, channels, rescale=1.0 / 255):
     """An ``ExportArchive`` serving an image classifier from encoded bytes.
 
@@ -92,7 +104,7 @@ def image_classifier_archive(model, class_names, image_size, channels, rescale=1
     >>> from fmkeras.models import simple_cnn
     >>> archive, _, _ = image_classifier_archive(simple_cnn((8, 8, 1), 2), ["a", "b"], (8, 8), 1)
     """
-    height, width = image_size
+    height, width = image_size = _image_size(image_size)
     expected = tuple(model.input_shape[1:])
     if len(expected) != 3 or any(e is not None and e != got
                                  for e, got in zip(expected, (height, width, channels))):
@@ -173,6 +185,7 @@ def export_image_classifier(model, export_root, name, class_names, image_size, c
     >>> os.path.exists(os.path.join(path, "saved_model.pb"))
     True
     """
+    image_size = _image_size(image_size)
     archive, serve_bytes, serve_images = image_classifier_archive(
         model, class_names, image_size, channels, rescale)
     path = write_versioned(export_root, name,

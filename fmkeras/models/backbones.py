@@ -19,7 +19,7 @@ from keras import ops
 from fmkeras._scalars import accepts_numpy_scalars
 from fmkeras.errors import ConfigError, keras_download
 from fmkeras.models import cnn
-from fmkeras.models._checks import check_classes, check_model
+from fmkeras.models._checks import check_classes, check_input_shape, check_model
 
 # How each family's ``preprocess_input`` maps [0, 255] pixels (keras.applications'
 # imagenet_utils modes). EfficientNet and ConvNeXt normalise inside the network.
@@ -155,7 +155,8 @@ def backbone(name, input_shape, weights=None, skip_mismatch=False, **kwargs):
     if is_file and not os.path.isfile(str(weights)):
         raise ConfigError(f"Backbone weights file not found. Expected 'imagenet', None or an "
                           f"existing weights file. Received: weights={weights!r}")
-    inputs = keras.Input(tuple(input_shape), name="pixels")
+    input_shape = check_input_shape(input_shape, rank=3)
+    inputs = keras.Input(input_shape, name="pixels")
     if canonical in _NATIVE:
         return _native_backbone(canonical, inputs, weights, skip_mismatch, **kwargs)
     constructor, mode = _BACKBONES[canonical]

@@ -456,7 +456,7 @@ def mlp(input_shape, hidden_units, num_outputs, dropout=0.0, activation="relu",
 
     Args:
         input_shape: tuple of int. Shape of one example.
-        hidden_units: sequence of int. Width of each hidden layer.
+        hidden_units: sequence of int (or one int). Width of each hidden layer.
         num_outputs: int. Width of the output layer.
         dropout: float. Dropout rate after each hidden layer.
         activation: str. Hidden activation.
@@ -480,6 +480,13 @@ def mlp(input_shape, hidden_units, num_outputs, dropout=0.0, activation="relu",
     x = inputs
     if len(input_shape) > 1:
         x = layers.Flatten(dtype=dtype, name="flatten")(x)
+    if isinstance(hidden_units, int):
+        hidden_units = (hidden_units,)
+    try:
+        hidden_units = tuple(hidden_units)
+    except TypeError:
+        raise ValueError(f"Expected hidden_units to be a tuple of ints such as (64, 32). "
+                         f"Received: hidden_units={hidden_units!r}") from None
     for i, units in enumerate(hidden_units, start=1):
         check_positive_int("hidden_units", units)
         x = layers.Dense(units, activation=activation, dtype=dtype, name=f"hidden{i}")(x)
