@@ -328,3 +328,19 @@ def test_grid_and_distance_helpers():
     assert mean_pairwise_distance(np.stack([np.zeros((2, 2)), np.ones((2, 2))])) == 1.0
     with pytest.raises(FmkerasError, match="Received: shape"):
         images_to_grid(np.zeros((2, 4, 4)))
+
+
+def test_callbacks_and_fit_name_arguments_that_would_fail_later(tmp_path):
+    with pytest.raises(FmkerasError, match="one label per sample \\(4\\). Received: 2 labels"):
+        SampleGrid(str(tmp_path), num_samples=4, labels=[0, 1])
+    with pytest.raises(FmkerasError, match=r"num_samples to be an integer >= 2. Received: "
+                                           r"num_samples=1"):
+        GANGuard(num_samples=1)  # crashed at the end of the first epoch
+    gan = make_gan(num_classes=3)
+    grid = SampleGrid(str(tmp_path), num_samples=2, labels=[0, 3])
+    grid.set_model(gan)
+    with pytest.raises(FmkerasError, match=r"sample labels in \[0, 3\). Received: \[0, 3\]"):
+        grid.on_epoch_end(0)
+    with pytest.raises(FmkerasError, match="Expected no sample_weight"):  # was ignored
+        gan.fit(images(), np.zeros(8, "int32"), sample_weight=np.ones(8), batch_size=4,
+                epochs=1, verbose=0)

@@ -240,7 +240,10 @@ class GAN(keras.Model):
     # -- one step ---------------------------------------------------------
 
     def _unpack(self, data):
-        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+        images, labels, weights = keras.utils.unpack_x_y_sample_weight(data)
+        if weights is not None:
+            raise FmkerasError("Expected no sample_weight: the GAN losses weigh every image "
+                               "alike. Received: sample weights in the data")
         if isinstance(images, (tuple, list)) and len(images) == 2 and labels is None:
             images, labels = images
         if self.conditional and labels is None:

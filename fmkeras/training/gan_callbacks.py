@@ -92,7 +92,14 @@ def _num_classes(generator):
 class _FixedLatents:
     """Fixed generator inputs (latents, and labels for a conditional GAN)."""
 
-    def __init__(self, num_samples, seed, labels):
+    def __init__(self, num_samples, seed, labels, min_samples=1):
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) \
+                or num_samples < min_samples:
+            raise FmkerasError(f"Expected num_samples to be an integer >= {min_samples}. "
+                               f"Received: num_samples={num_samples!r}")
+        if labels is not None and len(labels) != num_samples:
+            raise FmkerasError(f"Expected one label per sample ({num_samples}). "
+                               f"Received: {len(labels)} labels")
         self.num_samples = num_samples
         self.seed = seed
         self.labels = labels
@@ -105,9 +112,14 @@ class _FixedLatents:
             self.inputs = latents
             if model.conditional:
                 labels = self.labels
+                classes = _num_classes(model.generator)
                 if labels is None:
-                    labels = np.arange(self.num_samples) % _num_classes(model.generator)
-                self.inputs = [latents, np.asarray(labels, "int32").reshape(-1, 1)]
+                    labels = np.arange(self.num_samples) % classes
+                labels = np.asarray(labels, "int32").reshape(-1, 1)
+                if ((labels < 0) | (labels >= classes)).any():
+                    raise FmkerasError(f"Expected sample labels in [0, {classes}). "
+                                       f"Received: {labels.ravel().tolist()}")
+                self.inputs = [latents, labels]
         return keras.ops.convert_to_numpy(model.generator(self.inputs, training=False))
 
 
@@ -303,7 +315,8 @@ class GANGuard(keras.callbacks.Callback):
         self.min_d_loss = min_d_loss
         self.margin = margin
         self.collapse_threshold = collapse_threshold
-        self.latents = _FixedLatents(num_samples, seed, None)
+        # The collapse check compares samples with each other: two at least.
+        self.latents = _FixedLatents(num_samples, seed, None, min_samples=2)
         self.raise_on_stop = raise_on_stop
         self.stop_reason = None
         self.last_sample_distance = None
