@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from fmkeras.errors import FmkerasError
-from fmkeras.export.core import check_export, numpy_outputs, write_versioned
+from fmkeras.export.core import check_export, check_tolerance, numpy_outputs, write_versioned
 
 # The most images one ``sample`` request may ask for (a request is one batch in memory).
 MAX_SAMPLE_BATCH = 4096
@@ -163,7 +163,8 @@ def export_generator(generator, export_root, name, version=None, check=True):
                            lambda p: archive.write_out(p, verbose=False), version)
     if check:
         try:
-            check_export(path, generator_check_cases(generator, serve_latents, sample))
+            check_export(path, generator_check_cases(generator, serve_latents, sample),
+                         atol=check_tolerance(generator))
         except BaseException:
             shutil.rmtree(path, ignore_errors=True)
             raise

@@ -13,6 +13,7 @@ from fmkeras.export.core import (
     ExportError,
     check_class_names,
     check_export,
+    check_tolerance,
     numpy_outputs,
     write_versioned,
 )
@@ -208,7 +209,7 @@ def export_image_classifier(model, export_root, name, class_names, image_size, c
             cases.append({"signature": "serve_images", "input": "images", "value": images,
                           "expected": numpy_outputs(serve_images(tf.constant(images)))})
         try:
-            check_export(path, cases)
+            check_export(path, cases, atol=check_tolerance(model))
         except BaseException:
             shutil.rmtree(path, ignore_errors=True)
             raise

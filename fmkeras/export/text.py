@@ -18,6 +18,7 @@ from fmkeras.export.core import (
     ExportError,
     check_class_names,
     check_export,
+    check_tolerance,
     numpy_outputs,
     write_versioned,
 )
@@ -244,7 +245,7 @@ def text_classifier_archive(model, vectorizer, class_names):
     return archive, serve
 
 
-def _write_and_check(archive, serve, export_root, name, samples, version, check):
+def _write_and_check(model, archive, serve, export_root, name, samples, version, check):
     path = write_versioned(export_root, name, lambda p: archive.write_out(p, verbose=False),
                            version)
     if check:
@@ -255,7 +256,7 @@ def _write_and_check(archive, serve, export_root, name, samples, version, check)
                           "value": [t.encode("utf-8") for t in batch],
                           "expected": numpy_outputs(serve(tf.constant(batch)))})
         try:
-            check_export(path, cases)
+            check_export(path, cases, atol=check_tolerance(model))
         except BaseException:
             shutil.rmtree(path, ignore_errors=True)
             raise
@@ -286,7 +287,8 @@ def export_translator(model, source_vectorizer, target_vectorizer, export_root, 
     >>> # path = export_translator(model, src, tgt, "runs/x/export", "en_es")
     """
     archive, serve = translator_archive(model, source_vectorizer, target_vectorizer, **decode)
-    return _write_and_check(archive, serve, export_root, name, sample_texts, version, check)
+    return _write_and_check(model, archive, serve, export_root, name, sample_texts, version,
+                            check)
 
 
 def export_text_classifier(model, vectorizer, class_names, export_root, name,
@@ -311,4 +313,5 @@ def export_text_classifier(model, vectorizer, class_names, export_root, name,
     >>> # path = export_text_classifier(model, vec, ["en", "es"], "runs/x/export", "langid")
     """
     archive, serve = text_classifier_archive(model, vectorizer, class_names)
-    return _write_and_check(archive, serve, export_root, name, sample_texts, version, check)
+    return _write_and_check(model, archive, serve, export_root, name, sample_texts, version,
+                            check)
