@@ -118,6 +118,16 @@ def test_cli_knows_the_task_and_preset():
     assert config.model.weights is None and config.data.rescale == 1.0
 
 
+def test_alpha_is_left_out_with_a_warning_for_backbones_other_than_mobilenet():
+    # The preset's alpha (0.35) with --set model.backbone=resnet50 crashed: ResNet50() got
+    # an unexpected keyword argument 'alpha'.
+    settings = task.FineTuneModelConfig(backbone="simple_cnn", alpha=0.35)
+    with pytest.warns(UserWarning, match="model.alpha=0.35 is not used with "
+                                         "model.backbone=simple_cnn"):
+        features = task.build_backbone(settings, (16, 16, 3))
+    assert features.output_shape[-1] == 128
+
+
 def test_recalibrated_batchnorm_keeps_random_backbone_features_alive():
     features = task.build_backbone(task.FineTuneModelConfig(alpha=0.35), (32, 32, 3))
     images = np.random.default_rng(0).uniform(0, 255, (16, 32, 32, 3)).astype("float32")

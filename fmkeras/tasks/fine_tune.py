@@ -142,6 +142,11 @@ def build_backbone(model_config, input_shape):
     if model_config.encoder_path:
         return transfer.load_encoder(model_config.encoder_path, input_shape)
     kwargs = {"alpha": model_config.alpha} if model_config.alpha is not None else {}
+    if kwargs and not backbones.canonical_name(model_config.backbone).startswith("mobilenet"):
+        warnings.warn(f"model.alpha={model_config.alpha!r} is not used with model.backbone="
+                      f"{model_config.backbone} (it is MobileNet's width); it has no effect",
+                      UserWarning, stacklevel=2)
+        kwargs = {}
     return backbones.backbone(model_config.backbone, input_shape, model_config.weights, **kwargs)
 
 
