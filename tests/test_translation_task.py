@@ -69,6 +69,20 @@ def test_run_writes_metrics_report_vocab_and_plot(result):
     assert target[:2] == ["", "[UNK]"] and "[start]" in target and "[end]" in target
 
 
+def test_checkpoint_loads_in_a_fresh_process_with_fmkeras_models_imported(result):
+    # Its compiled loss (SmoothedSparseCrossentropy) was registered only by the task module.
+    import subprocess
+    import sys
+
+    path = os.path.join(result.run_dir, "checkpoints", "best.keras")
+    code = ("import sys, keras, fmkeras.models; "
+            "m = keras.saving.load_model(sys.argv[1]); print(type(m.loss).__name__)")
+    out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("SmoothedSparseCrossentropy")
+
+
 def test_export_serves_raw_strings_like_the_model(result):
     run_dir, seq = result.run_dir, 10
     assert result.export_path == os.path.join(run_dir, "export", "translator", "1")

@@ -1,7 +1,7 @@
 """Functional-API model builders and custom layers (uncompiled ``keras.Model``s).
 
-Importing this package registers the custom layers, so ``.keras`` files that
-use them load in safe mode.
+Importing this package registers the custom layers and losses, so ``.keras``
+files that use them (the tasks' checkpoints included) load in safe mode.
 """
 
 from fmkeras.models.backbones import (
@@ -14,6 +14,7 @@ from fmkeras.models.cnn import PatchWhitening, adapt_whitening, fast_cnn, mlp, r
 from fmkeras.models.dcgan import dcgan_discriminator, dcgan_generator
 from fmkeras.models.decoding import beam_search, greedy_search
 from fmkeras.models.gan import GAN
+from fmkeras.models.losses import SmoothedSparseCrossentropy, text_loss
 from fmkeras.models.mlm import mask_tokens, mlm_model
 from fmkeras.models.normalization import FusedBatchNormalization
 from fmkeras.models.recurrent import gru_classifier, lstm_classifier
@@ -32,9 +33,9 @@ from fmkeras.models.transformer import (
 
 __all__ = [
     "BACKBONE_NAMES", "FusedBatchNormalization", "PatchWhitening", "PixelPreprocessing",
-    "SimCLR", "adapt_whitening",
+    "SimCLR", "SmoothedSparseCrossentropy", "adapt_whitening",
     "backbone", "fast_cnn", "image_classifier",
-    "mask_tokens", "mlm_model", "nt_xent_loss",
+    "mask_tokens", "mlm_model", "nt_xent_loss", "text_loss",
     "GAN", "ClassToken", "FirstToken", "MaskedMean", "PositionalEmbedding",
     "TransformerDecoderBlock", "TransformerEncoderBlock", "beam_search", "cross_attention_weights",
     "dcgan_discriminator",
