@@ -9,6 +9,7 @@ config back to YAML.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import difflib
 import numbers
 import os
@@ -141,9 +142,17 @@ def _coerce(value, hint, key):
         pass
     elif isinstance(value, hint):
         return value
+    elif hint is str and isinstance(value, (int, float, datetime.date)) \
+            and not isinstance(value, bool):
+        return str(value)  # YAML reads 2024 and 2024-11-22 as a number and a date
     raise ConfigError(
         f"Wrong type for {key}. Expected {_type_name(hint)}. "
         f"Received: {value!r} ({type(value).__name__})")
+
+
+def _is_path_key(key):
+    """Whether a config key names a file or folder (``~`` is expanded in those)."""
+    return key == "path" or key.endswith(("_path", "_dir", "weights"))
 
 
 def from_dict(cls, data, prefix=""):
@@ -185,6 +194,8 @@ def from_dict(cls, data, prefix=""):
             kwargs[key] = from_dict(hint, value or {}, f"{full}.")
         else:
             kwargs[key] = _coerce(value, hint, full)
+            if _is_path_key(key) and isinstance(kwargs[key], str):
+                kwargs[key] = os.path.expanduser(kwargs[key])  # the shell leaves --set a=~/x
     try:
         instance = cls(**kwargs)
     except (TypeError, ValueError) as err:

@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import difflib
 import importlib
+import json
 import os
 import signal
 import sys
@@ -183,8 +184,8 @@ def load_task_config(task, config_path=None, overrides=(), run_dir=None, precisi
         raise ConfigError(f"Config {source!r} is for task {file_task!r}, not {task!r}. "
                           f"Run: python -m fmkeras.train {file_task} --config {source}")
     overrides = list(overrides)
-    if run_dir:
-        overrides.append(f"run_dir={run_dir}")
+    if run_dir:  # quoted: a folder named 2024-11-22, 1 or yes stays a string
+        overrides.append(f"run_dir={json.dumps(run_dir)}")
     if precision:
         overrides.append(f"precision={precision}")
     if force_resume:

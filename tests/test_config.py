@@ -28,6 +28,32 @@ def test_int_is_accepted_for_float_and_union_types():
     assert config.train.early_stopping_patience == 3
 
 
+def test_names_yaml_reads_as_numbers_or_dates_stay_strings():
+    config = load("data.path=2024-11-22", "export.name=2024", "run_dir=1")
+    assert (config.data.path, config.export.name, config.run_dir) == ("2024-11-22", "2024", "1")
+    with pytest.raises(ConfigError, match="Wrong type for export.name"):
+        load("export.name=true")  # yes/no/true stay refused: ambiguous
+    from fmkeras.train import load_task_config
+
+    for folder in ("2024-11-22", "1", "yes", "runs/a b"):  # --run-dir is always a folder name
+        _, config = load_task_config("image-classification", run_dir=folder)
+        assert config.run_dir == folder
+
+
+@dataclasses.dataclass
+class Named:
+    name: str = ""
+
+
+def test_a_home_folder_tilde_is_expanded_in_paths_only():
+    import os
+
+    config = load("data.path=~/images", "model.encoder_path=~/runs/e.keras")
+    assert config.data.path == os.path.expanduser("~/images") != "~/images"
+    assert config.model.encoder_path == os.path.expanduser("~/runs/e.keras")
+    assert config_lib.from_dict(Named, {"name": "~x"}).name == "~x"
+
+
 def test_unknown_key_suggests_the_closest():
     with pytest.raises(ConfigError, match=r"Unknown config key 'train\.epoch'.*'train\.epochs'"):
         load("train.epoch=3")
