@@ -105,6 +105,13 @@ def positive(kind=int):
     return parse
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one ``error:`` line, like fmkeras' own."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser():
     """The argument parser (its ``--help`` lists tasks and presets).
 
@@ -123,7 +130,7 @@ def build_parser():
                "  python -m fmkeras.train",
                "  python -m fmkeras.train image-classification --config digits_cnn "
                "--set train.epochs=3 --set data.image_size=32 --run-dir runs/demo"]
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m fmkeras.train",
         description="Train, evaluate and export an fmkeras model.",
         epilog="\n".join(epilog), formatter_class=argparse.RawDescriptionHelpFormatter)

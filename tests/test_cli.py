@@ -26,6 +26,19 @@ def assert_one_line_error(code, err, *fragments):
         assert fragment in lines[0], lines[0]
 
 
+@pytest.mark.parametrize("argv, fragment", [
+    (["--precision", "fp16"], "argument --precision: invalid choice: 'fp16'"),
+    (["--strategy", "gpus"], "argument --strategy: invalid choice: 'gpus'"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_argument_errors_are_one_line_not_a_usage_block(capsys, argv, fragment):
+    with pytest.raises(SystemExit) as info:
+        train.main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == train.EXIT_USER_ERROR and err.count("\n") == 1, err
+    assert err.startswith("error: ") and fragment in err and "--help" in err
+
+
 def test_help_lists_tasks_and_presets(capsys):
     with pytest.raises(SystemExit) as info:
         train.main(["--help"])
