@@ -33,8 +33,10 @@ def read_rows(path):
 
 def test_run_writes_the_whole_run_directory(tmp_path):
     data = write_image_folder(tmp_path / "imgs", classes=("cat", "dog", "émeu"), per_class=6)
+    (tmp_path / "imgs" / "dog" / "empty.png").write_bytes(b"")
     run_dir = str(tmp_path / "run")
-    result = task.run(tiny_config(data, run_dir))
+    with pytest.warns(UserWarning, match="empty.png: empty file"):
+        result = task.run(tiny_config(data, run_dir, "data.max_bad_fraction=0.1"))
     for name in ("config.yaml", "manifest.json", "metrics.json", "history.csv", "report.md",
                  "plots/training_curves.png", "plots/confusion_matrix.png",
                  "checkpoints/best.keras"):
@@ -42,10 +44,12 @@ def test_run_writes_the_whole_run_directory(tmp_path):
     assert os.listdir(os.path.join(run_dir, "tensorboard"))
     metrics = json.loads(pathlib.Path(run_dir, "metrics.json").read_text())
     assert {"test_accuracy", "test_loss", "macro_f1"} <= set(metrics)
+    assert metrics["data_skipped_files"] == 1  # and the report names the file
     assert 0.0 <= metrics["test_accuracy"] <= 1.0
     assert len(read_rows(os.path.join(run_dir, "history.csv"))) == 2
     report = pathlib.Path(run_dir, "report.md").read_text(encoding="utf-8")
     assert "| émeu |" in report and "plots/confusion_matrix.png" in report
+    assert "## Data problems" in report and "dog/empty.png" in report
     assert "tensorflow" in report and "model:" in report
     manifest = json.loads(pathlib.Path(run_dir, "manifest.json").read_text())
     assert manifest["seed"] == 42 and len(manifest["config_sha256"]) == 64

@@ -233,8 +233,11 @@ def adapt_first_layer(model, train, scale=1.0, images=5000):
     return models.adapt_whitening(model, np.concatenate(batches)[:images])
 
 
-def load_splits(data_config, seed):
+def load_splits(data_config, seed, skipped=None):
     """Index ``data.path`` into train, validation and test :class:`DirectoryIndex` es.
+
+    Unusable files are left out with one warning; their paths are appended to
+    the list ``skipped`` when one is given (for the run's report).
 
     Example:
 
@@ -248,8 +251,14 @@ def load_splits(data_config, seed):
             f"Image data folder not found. Expected a folder with train/ and test/ class "
             f"folders, or a folder of class folders. Received: data.path={root!r}{cwd_note(root)}")
     train_dir, test_dir = os.path.join(root, "train"), os.path.join(root, "test")
-    check = functools.partial(image_data.validate_index,
-                              max_bad_fraction=data_config.max_bad_fraction)
+    def check(index):
+        kept = image_data.validate_index(index, max_bad_fraction=data_config.max_bad_fraction)
+        if skipped is not None and len(kept) < len(index):
+            usable = set(kept.filenames)
+            skipped.extend(path for name, path in zip(index.filenames, index.paths)
+                           if name not in usable)
+        return kept
+
     if os.path.isdir(train_dir):
         train = check(image_data.index_directory(train_dir))
         if os.path.isdir(test_dir):
@@ -278,6 +287,7 @@ class ImageSplits:
     test_samples: int
     callbacks: list = dataclasses.field(default_factory=list)
     steps_per_epoch: int | None = None  # set when ``train`` repeats without end
+    skipped_files: list = dataclasses.field(default_factory=list)  # unusable, left out
 
 
 def make_datasets(config, repeat=False):
@@ -317,7 +327,8 @@ def make_datasets(config, repeat=False):
         test = tfds_images.tfds_image_dataset(data.path, split="test", cache=False, **common)[0]
         count = lambda ds: int(ds.unbatch().reduce(0, lambda n, _: n + 1))  # noqa: E731
         return ImageSplits(train, val, test, names, count(train), count(test))
-    train_index, val_index, test_index = load_splits(data, seed)
+    skipped = []
+    train_index, val_index, test_index = load_splits(data, seed, skipped)
     _check_class_count(train_index.class_names, data.path)
     common.update(num_classes=len(train_index.class_names), validate=False)  # checked above
     # The epoch's order and augmentation follow Keras' epoch number, so a resumed run
@@ -331,7 +342,28 @@ def make_datasets(config, repeat=False):
     test = image_data.image_dataset(test_index, cache=False, **common)
     return ImageSplits(train, val, test, train_index.class_names, len(train_index),
                        len(test_index), [counter.callback()],
-                       -(-len(train_index) // data.batch_size) if repeat else None)
+                       -(-len(train_index) // data.batch_size) if repeat else None, skipped)
+
+
+def skipped_files_section(paths, shown=20):
+    """The report's "Data problems" text for the image files a run left out.
+
+    Example:
+
+    >>> skipped_files_section([])
+    'none: every image file was usable'
+    >>> print(skipped_files_section(["data/a/x.png"]))
+    1 unusable image file skipped (the run's first warning and `--validate-data` give the reasons):
+    - data/a/x.png
+    """
+    if not paths:
+        return "none: every image file was usable"
+    lines = [f"{len(paths)} unusable image file{'s' if len(paths) > 1 else ''} skipped (the "
+             f"run's first warning and `--validate-data` give the reasons):"]
+    lines += [f"- {path}" for path in paths[:shown]]
+    if len(paths) > shown:
+        lines.append(f"- ... and {len(paths) - shown} more")
+    return "\n".join(lines)
 
 
 def resume_identity(config, splits):
@@ -558,7 +590,7 @@ def run(config, callbacks=()):
                "num_parameters": int(model.count_params()),
                **transfer.parameter_metrics(model),
                "train_samples": splits.train_samples, "test_samples": splits.test_samples,
-               **dist.describe()}
+               "data_skipped_files": len(splits.skipped_files), **dist.describe()}
 
     plots = os.path.join(run_dir, "plots")
     history = cls_eval.read_history(os.path.join(run_dir, "history.csv"))
@@ -577,7 +609,8 @@ def run(config, callbacks=()):
         metrics["export_path"] = export_path
     base.write_json(os.path.join(run_dir, "metrics.json"), metrics)
     base.write_report(run_dir, "Image classification", metrics, scores["per_class"],
-                      ["plots/training_curves.png", "plots/confusion_matrix.png"])
+                      ["plots/training_curves.png", "plots/confusion_matrix.png"],
+                      sections=[("Data problems", skipped_files_section(splits.skipped_files))])
     base.finish_run(run_dir)
     return base.RunResult(run_dir=run_dir, metrics=metrics, model=model,
                           export_path=export_path)
