@@ -369,7 +369,10 @@ def image_dataset(source, image_size, batch_size=32, color_mode="rgb", shuffle=F
         batch_size: int.
         color_mode: str. ``grayscale``, ``rgb`` or ``rgba``.
         shuffle: bool. Shuffle each epoch.
-        seed: int. Shuffle seed.
+        seed: int, or None for a random one (as in Keras). Seed of the
+            shuffle and of the validation split; ``validation_split`` with
+            ``subset="training"`` or ``"validation"`` needs an int, so both
+            calls split alike.
         cache: bool. Keep decoded images in memory after the first epoch.
         rescale: float. Factor applied to the ``[0, 255]`` pixels (None: 1).
         num_classes: optional int. Needed for ``label_mode="categorical"``;
