@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from fmkeras._scalars import accepts_numpy_scalars
+from fmkeras.config import is_count
 from fmkeras.errors import FmkerasError, keras_download
 
 INCEPTION_SIZE = 299
@@ -376,7 +377,7 @@ def kid(real_features, fake_features, num_subsets=100, subset_size=1000, seed=0)
     if not (np.isfinite(real).all() and np.isfinite(fake).all()):
         raise FmkerasError("Expected finite features. Received: NaN or infinite values")
     for name, value in (("num_subsets", num_subsets), ("subset_size", subset_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_count(value, 1):
             raise FmkerasError(f"Expected a positive integer {name}. Received: {name}={value!r}")
     m = min(subset_size, len(real), len(fake))
     if m < 2:

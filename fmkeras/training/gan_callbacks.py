@@ -18,6 +18,7 @@ import keras
 import numpy as np
 from PIL import Image
 
+from fmkeras.config import is_count
 from fmkeras.errors import FmkerasError
 from fmkeras.training.callbacks import NonFiniteLossError
 
@@ -93,8 +94,7 @@ class _FixedLatents:
     """Fixed generator inputs (latents, and labels for a conditional GAN)."""
 
     def __init__(self, num_samples, seed, labels, min_samples=1):
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) \
-                or num_samples < min_samples:
+        if not is_count(num_samples, min_samples):
             raise FmkerasError(f"Expected num_samples to be an integer >= {min_samples}. "
                                f"Received: num_samples={num_samples!r}")
         if labels is not None and len(labels) != num_samples:
