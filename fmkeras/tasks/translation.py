@@ -148,6 +148,7 @@ def compile_text_model(model, config, train_samples, metrics=("accuracy",), dist
 
     Example:
 
+    >>> import keras
     >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
     >>> model = compile_text_model(model, TranslationConfig(), train_samples=128)
     >>> type(model.optimizer).__name__, type(model.loss).__name__
