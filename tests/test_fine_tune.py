@@ -88,11 +88,17 @@ def test_starts_from_a_saved_encoder(images, tmp_path):
     path = str(tmp_path / "encoder.keras")
     encoder.save(path)
     # Without recalibration every variable, batch-norm statistics included, is the saved one.
-    config = tiny_config(images, str(tmp_path / "run"), f"model.encoder_path={path}",
+    folder = write_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=8,
+                                size=(32, 32))
+    (tmp_path / "imgs" / "b" / "empty.png").write_bytes(b"")  # skipped, and reported
+    config = tiny_config(folder, str(tmp_path / "run"), f"model.encoder_path={path}",
                          "train.epochs=0", "export.enabled=false",
-                         "model.recalibrate_batchnorm=false")
+                         "model.recalibrate_batchnorm=false", "data.max_bad_fraction=0.1")
     snapshots = BackboneSnapshots()
-    result = task.run(config, callbacks=[snapshots])
+    with pytest.warns(UserWarning, match="empty.png: empty file"):
+        result = task.run(config, callbacks=[snapshots])
+    assert result.metrics["data_skipped_files"] == 1
+    assert "b/empty.png" in (tmp_path / "run" / "report.md").read_text(encoding="utf-8")
     start = snapshots.fits[0][0]
     for layer in encoder.layers:
         for i, w in enumerate(layer.weights):

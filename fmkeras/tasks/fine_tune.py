@@ -47,6 +47,7 @@ from fmkeras.tasks.image_classification import (
     ExportConfig,
     ImageDataConfig,
     make_datasets,
+    skipped_files_section,
     validate_data,  # noqa: F401 - same image folders, same checks (--validate-data)
 )
 from fmkeras.training import callbacks as callbacks_lib
@@ -448,7 +449,7 @@ def run(config, callbacks=()):
                "batchnorm_layers_recalibrated": recalibrated,
                "trainable_params_phase2": params_phase2,
                "train_samples": splits.train_samples, "test_samples": splits.test_samples,
-               **dist.describe()}
+               "data_skipped_files": len(splits.skipped_files), **dist.describe()}
     exported = model
     if pruning is not None or comp.quantize:
         metrics.update(compression_metrics)
@@ -484,7 +485,8 @@ def run(config, callbacks=()):
             channels, rescale=1.0, sample_bytes=samples, check=config.export.check)
         metrics["export_path"] = export_path
     base.write_json(os.path.join(run_dir, "metrics.json"), metrics)
-    base.write_report(run_dir, "Fine-tuning", metrics, scores["per_class"], plots)
+    base.write_report(run_dir, "Fine-tuning", metrics, scores["per_class"], plots,
+                      sections=[("Data problems", skipped_files_section(splits.skipped_files))])
     base.finish_run(run_dir)
     return base.RunResult(run_dir=run_dir, metrics=metrics, model=model,
                           export_path=export_path)
