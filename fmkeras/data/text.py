@@ -627,9 +627,16 @@ def compose_marks(texts):
     >>> compose_marks(tf.constant(["cafe\u0301"])).numpy()[0].decode() == "caf\u00e9"
     True
     """
+    texts = tf.convert_to_tensor(texts, tf.string)
+    return tf.reshape(_compose_flat(tf.reshape(texts, [-1])), tf.shape(texts))
+
+
+# Traced once per process: a pipeline or export that calls standardize_text
+# gets a call to this graph instead of building it again (0.6 s each time).
+@tf.function(input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
+def _compose_flat(texts):
     keys, values = _compositions()
-    shape = tf.shape(texts)
-    codes = tf.strings.unicode_decode(tf.reshape(texts, [-1]), "UTF-8", errors="replace")
+    codes = tf.strings.unicode_decode(texts, "UTF-8", errors="replace")
     for _ in range(2):
         flat = tf.cast(codes.flat_values, tf.int64)
         rows = codes.value_rowids()
@@ -645,7 +652,7 @@ def compose_marks(texts):
         codes = tf.RaggedTensor.from_value_rowids(
             tf.cast(tf.boolean_mask(merged, keep), tf.int32), tf.boolean_mask(rows, keep),
             nrows=codes.nrows())
-    return tf.reshape(tf.strings.unicode_encode(codes, "UTF-8"), shape)
+    return tf.strings.unicode_encode(codes, "UTF-8")
 
 
 def _shifted(flags):
