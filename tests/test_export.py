@@ -95,6 +95,60 @@ def test_check_detects_a_mismatch(exported):
         export.check_export(path, [case])
 
 
+def _image_case(path):
+    """A check case whose expected outputs are the export's own (so it passes)."""
+    images = np.random.default_rng(0).random((2, 8, 8, 1), dtype=np.float32)
+    expected = tf.saved_model.load(path).signatures["serve_images"](
+        images=tf.constant(images))["probabilities"].numpy()
+    return {"signature": "serve_images", "input": "images", "value": images,
+            "expected": {"probabilities": expected}}
+
+
+def test_checks_share_one_checking_process_that_never_imports_fmkeras(exported):
+    _, _, path = exported
+    case = _image_case(path)
+    export.check_export(path, [case])
+    first = export.core._CHECKER.proc.pid
+    export.check_export(path, [case])
+    assert export.core._CHECKER.proc.pid == first
+    # The checking script itself refuses to run with fmkeras imported.
+    assert 'assert "fmkeras" not in sys.modules' in export.core._CHECK_SCRIPT
+
+
+def test_a_dead_checking_process_is_replaced(exported):
+    _, _, path = exported
+    case = _image_case(path)
+    export.check_export(path, [case])
+    old = export.core._CHECKER.proc
+    old.kill()
+    old.wait()
+    export.check_export(path, [case])  # starts a new one
+    assert export.core._CHECKER.proc.pid != old.pid
+
+
+def test_a_failed_reload_is_named_and_the_next_check_still_works(exported, tmp_path):
+    _, _, path = exported
+    case = _image_case(path)
+    with pytest.raises(export.ExportError, match="in a separate process failed: .*"
+                       "SavedModel file does not exist"):
+        export.check_export(str(tmp_path), [case])
+    bad = {**case, "signature": "no_such_signature"}
+    with pytest.raises(export.ExportError, match="KeyError: 'no_such_signature'"):
+        export.check_export(path, [bad])
+    export.check_export(path, [case])
+
+
+def test_a_check_that_takes_too_long_is_stopped(exported):
+    _, _, path = exported
+    case = _image_case(path)
+    export.check_export(path, [case])  # the checking process is up
+    old = export.core._CHECKER.proc
+    with pytest.raises(export.ExportError, match="no answer within 0.001 s"):
+        export.check_export(path, [case], timeout=0.001)
+    assert export.core._CHECKER.proc is None and old.poll() is not None
+    export.check_export(path, [case])
+
+
 def test_bad_export_name(tmp_path):
     with pytest.raises(export.ExportError, match="Received: 'a/b'"):
         export.write_versioned(str(tmp_path), "a/b", lambda p: None)

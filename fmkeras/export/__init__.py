@@ -4,8 +4,9 @@ Exports land in ``<export_root>/<name>/<version>/``, the layout TensorFlow
 Serving watches. Each version is written to a temporary folder next to it and
 renamed into place, so a failed export never leaves a half-written version.
 Right after writing, :func:`check_export` reloads the SavedModel with plain
-TensorFlow in a fresh process that does not import fmkeras and compares its
-outputs with the in-memory model at two batch sizes.
+TensorFlow in a separate Python process that never imports fmkeras (started
+at the first check and reused by later ones) and compares its outputs with
+the in-memory model at two batch sizes.
 
 One module per model family: :mod:`fmkeras.export.image` (classifiers of
 image bytes), and the text and generator exporters beside it.

@@ -4,19 +4,25 @@ Exports land in ``<export_root>/<name>/<version>/``, the layout TensorFlow
 Serving watches. Each version is written to a temporary folder next to it and
 renamed into place, so a failed export never leaves a half-written version.
 Right after writing, :func:`check_export` reloads the SavedModel with plain
-TensorFlow in a fresh process that does not import fmkeras and compares its
-outputs with the in-memory model at two batch sizes.
+TensorFlow in a separate Python process that never imports fmkeras (started
+at the first check and reused by later ones) and compares its outputs with
+the in-memory model at two batch sizes.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import os
 import re
+import select
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -96,36 +102,138 @@ def write_versioned(export_root, name, write_fn, version=None):
     return final
 
 
-# Runs in a fresh interpreter: plain TensorFlow only, fmkeras must not be importable.
+# Runs in another interpreter: plain TensorFlow only, fmkeras must not be importable.
+# It serves one check per line of stdin (a JSON list: SavedModel path, cases
+# file, results file) and answers each with one line starting with _REPLY.
 _CHECK_SCRIPT = r"""
-import json, sys
+import gc, json, sys, traceback
 import numpy as np
 import tensorflow as tf
-path, inputs_file, out_file = sys.argv[1:4]
-loaded = tf.saved_model.load(path)
-with open(inputs_file) as f:
-    cases = json.load(f)
-results = {}
-for case in cases:
-    fn = loaded.signatures[case["signature"]]
-    blob = np.load(case["file"])
-    if case["kind"] == "bytes":
-        data, ends = blob["data"].tobytes(), blob["ends"]
-        starts = np.concatenate([[0], ends[:-1]])
-        value = tf.constant([data[s:e] for s, e in zip(starts, ends)], tf.string)
-    elif case["kind"] == "arrays":
-        value = {k: tf.constant(blob[k]) for k in blob.files}
-    else:
-        value = tf.constant(blob["data"])
-    outputs = fn(**value) if case["kind"] == "arrays" else fn(**{case["input"]: value})
-    results[case["id"]] = {
-        k: (np.char.decode(v.numpy().astype(bytes), "utf-8").tolist()
-            if v.dtype == tf.string else v.numpy().tolist())
-        for k, v in outputs.items()}
-assert "fmkeras" not in sys.modules, "the check must not import fmkeras"
-with open(out_file, "w") as f:
-    json.dump(results, f)
+
+
+def check(path, inputs_file, out_file):
+    loaded = tf.saved_model.load(path)
+    with open(inputs_file) as f:
+        cases = json.load(f)
+    results = {}
+    for case in cases:
+        fn = loaded.signatures[case["signature"]]
+        blob = np.load(case["file"])
+        if case["kind"] == "bytes":
+            data, ends = blob["data"].tobytes(), blob["ends"]
+            starts = np.concatenate([[0], ends[:-1]])
+            value = tf.constant([data[s:e] for s, e in zip(starts, ends)], tf.string)
+        elif case["kind"] == "arrays":
+            value = {k: tf.constant(blob[k]) for k in blob.files}
+        else:
+            value = tf.constant(blob["data"])
+        outputs = fn(**value) if case["kind"] == "arrays" else fn(**{case["input"]: value})
+        results[case["id"]] = {
+            k: (np.char.decode(v.numpy().astype(bytes), "utf-8").tolist()
+                if v.dtype == tf.string else v.numpy().tolist())
+            for k, v in outputs.items()}
+    assert "fmkeras" not in sys.modules, "the check must not import fmkeras"
+    with open(out_file, "w") as f:
+        json.dump(results, f)
+
+
+for line in sys.stdin:
+    try:
+        check(*json.loads(line))
+        reply = "ok"
+    except Exception as e:
+        reply = traceback.format_exception_only(e)[-1].strip()
+    gc.collect()
+    print(REPLY + json.dumps(reply), flush=True)
 """
+_REPLY = "\x1efmkeras-check "
+
+
+class _Checker:
+    """One checking interpreter per process, started at the first check and reused.
+
+    Starting TensorFlow takes most of a check (about 8 s of 9 on 2 CPU cores),
+    so a notebook or a test run that exports several models starts it once.
+    The interpreter never imports fmkeras; it ends when this process closes
+    its stdin (at exit, or when it dies), and a check that times out or
+    crashes it closes it, so the next check starts a new one.
+    """
+
+    def __init__(self):
+        self.proc = None
+        self.owner = os.getpid()
+        self.lock = threading.Lock()
+
+    def run(self, path, inputs_file, out_file, timeout):
+        with self.lock:
+            deadline = time.monotonic() + timeout
+            if self.owner != os.getpid():  # a forked copy: the process is the parent's
+                self.proc, self.owner = None, os.getpid()
+            if self.proc is None or self.proc.poll() is not None:
+                self._start()
+            try:
+                self.proc.stdin.write((json.dumps([path, inputs_file, out_file]) + "\n").encode())
+                self.proc.stdin.flush()
+            except OSError:  # it died since the last check
+                self._start()
+                self.proc.stdin.write((json.dumps([path, inputs_file, out_file]) + "\n").encode())
+                self.proc.stdin.flush()
+            return self._reply(deadline, timeout)
+
+    def _start(self):
+        self.close()
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        env["CUDA_VISIBLE_DEVICES"] = env.get("CUDA_VISIBLE_DEVICES", "")
+        self.cwd = tempfile.mkdtemp(prefix="fmkeras-check-")  # no fmkeras/ to import here
+        self.stderr = tempfile.TemporaryFile()
+        script = f"REPLY = {_REPLY!r}\n{_CHECK_SCRIPT}"
+        self.proc = subprocess.Popen([sys.executable, "-c", script], cwd=self.cwd, env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.stderr)
+        self.buffer = b""
+
+    def _reply(self, deadline, timeout):
+        marker = _REPLY.encode()
+        while True:
+            head, sep, rest = self.buffer.partition(b"\n")
+            if sep:
+                self.buffer = rest
+                if head.startswith(marker):
+                    return json.loads(head[len(marker):].decode())
+                continue  # something the SavedModel printed
+            left = deadline - time.monotonic()
+            ready = select.select([self.proc.stdout], [], [], max(left, 0))[0]
+            if not ready:
+                self.close()
+                return f"no answer within {timeout} s"
+            chunk = os.read(self.proc.stdout.fileno(), 65536)
+            if not chunk:
+                self.stderr.seek(0)
+                lines = self.stderr.read().decode(errors="replace").strip().splitlines()
+                self.close()
+                return f"the checking process ended: {(lines or ['(no output)'])[-1]}"
+            self.buffer += chunk
+
+    def close(self):
+        """End the checking process (it exits when its stdin closes)."""
+        if self.proc is None:
+            return
+        proc, self.proc = self.proc, None
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        self.stderr.close()
+        shutil.rmtree(self.cwd, ignore_errors=True)
+
+
+_CHECKER = _Checker()
+atexit.register(_CHECKER.close)
 
 
 def check_tolerance(model):
@@ -147,7 +255,10 @@ def check_tolerance(model):
 
 
 def check_export(path, cases, timeout=300, atol=1e-5):
-    """Reload ``path`` in a fresh process (without fmkeras) and compare outputs.
+    """Reload ``path`` in a separate process (without fmkeras) and compare outputs.
+
+    The checking process is started at the first check and reused by later
+    ones; it never imports fmkeras.
 
     Args:
         path: str. SavedModel folder.
@@ -190,15 +301,10 @@ def check_export(path, cases, timeout=300, atol=1e-5):
         out_file = os.path.join(work, "out.json")
         with open(inputs_file, "w") as f:
             json.dump(manifest, f)
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        env["CUDA_VISIBLE_DEVICES"] = env.get("CUDA_VISIBLE_DEVICES", "")
-        proc = subprocess.run(
-            [sys.executable, "-c", _CHECK_SCRIPT, os.path.abspath(path), inputs_file, out_file],
-            cwd=work, env=env, capture_output=True, text=True, timeout=timeout)
-        if proc.returncode != 0:
-            tail = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
-            raise ExportError(f"Reloading the export {path!r} in a fresh process failed: {tail[0]}")
+        reply = _CHECKER.run(os.path.abspath(path), inputs_file, out_file, timeout)
+        if reply != "ok":
+            raise ExportError(f"Reloading the export {path!r} in a separate process failed: "
+                              f"{reply}")
         with open(out_file) as f:
             results = json.load(f)
     for i, case in enumerate(cases):

@@ -142,7 +142,7 @@ def export_generator(generator, export_root, name, version=None, check=True):
         export_root: str. E.g. ``<run_dir>/export``.
         name: str. Model name, the folder under ``export_root``.
         version: optional int. Defaults to the next free version.
-        check: bool. Reload in a fresh process without fmkeras and compare both
+        check: bool. Reload in a separate process without fmkeras and compare both
             signatures with the in-memory model at batch sizes 1 and 3.
 
     Returns:

@@ -172,7 +172,7 @@ def export_image_classifier(model, export_root, name, class_names, image_size, c
         sample_bytes: optional list of encoded images used by the check;
             random PNGs are generated when omitted.
         version: optional int. Defaults to the next free version.
-        check: bool. Reload in a fresh process and compare at two batch sizes.
+        check: bool. Reload in a separate process (without fmkeras) and compare at two batch sizes.
 
     Returns:
         str. The version folder written.

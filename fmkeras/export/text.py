@@ -276,7 +276,7 @@ def export_translator(model, source_vectorizer, target_vectorizer, export_root, 
         sample_texts: optional list of str used by the check, besides an
             empty string and a non-ASCII sentence.
         version: optional int. Defaults to the next free version.
-        check: bool. Reload in a fresh process and compare at two batch sizes.
+        check: bool. Reload in a separate process (without fmkeras) and compare at two batch sizes.
         **decode: decoding settings, as in :func:`translator_fn`.
 
     Returns:
@@ -303,7 +303,7 @@ def export_text_classifier(model, vectorizer, class_names, export_root, name,
         name: str. Model name, the folder under ``export_root``.
         sample_texts: optional list of str used by the check.
         version: optional int. Defaults to the next free version.
-        check: bool. Reload in a fresh process and compare at two batch sizes.
+        check: bool. Reload in a separate process (without fmkeras) and compare at two batch sizes.
 
     Returns:
         str. The version folder written.
