@@ -293,6 +293,47 @@ def test_classification_batches():
     assert (ids.numpy()[1, 1:] == 0).all()
 
 
+def _epochs(dataset, n=2):
+    return [[tuple(np.asarray(x).tolist() for x in tf.nest.flatten(batch)) for batch in dataset]
+            for _ in range(n)]
+
+
+def test_fixed_length_text_batches_are_cached_and_match_per_batch_vectorizing():
+    texts = [f"word{i} and more words {i % 3}" for i in range(11)]
+    data = LabelledText(texts, np.arange(11) % 2, ["a", "b"])
+    vectorizer = text_vectorizer(6, texts=texts)
+    batches = lambda layer: classification_dataset(  # noqa: E731
+        data, layer, batch_size=4, shuffle=True, seed=3)
+    cached = batches(vectorizer)
+    assert any("Cache" in type(d).__name__ for d in _inputs(cached))
+    assert int(cached.cardinality()) == 3  # known, as fit and len() expect
+    first, second = _epochs(cached)
+    assert first != second  # reshuffled each epoch ...
+    rows = [sorted((tuple(r), label) for ids, labels in epoch for r, label in zip(ids, labels))
+            for epoch in (first, second)]
+    assert rows[0] == rows[1] and len(rows[0]) == 11  # ... over the same rows
+    # The same batches as vectorizing each batch as it is read (what a callable
+    # that is not a TextVectorization gets).
+    assert _epochs(batches(vectorizer)) == _epochs(batches(lambda t: vectorizer(t)))
+
+    corpus = ParallelText(texts, texts[::-1])
+    src, tgt = translation_vectorizers(corpus, sequence_length=5)
+    pairs = lambda target: translation_dataset(  # noqa: E731
+        corpus, src, target, batch_size=4, shuffle=True, seed=3)
+    assert int(pairs(tgt).cardinality()) == 3
+    assert any("Cache" in type(d).__name__ for d in _inputs(pairs(tgt)))
+    assert _epochs(pairs(tgt)) == _epochs(pairs(lambda t: tgt(t)))
+
+
+def _inputs(dataset):
+    """``dataset`` and every dataset upstream of it."""
+    found, todo = [], [dataset]
+    while todo:
+        found.append(todo.pop())
+        todo.extend(found[-1]._inputs())
+    return found
+
+
 def test_builders_name_what_they_received():
     with pytest.raises(DataError, match="Received: sequence_length=0"):
         text_vectorizer(0, texts=["hola"])
