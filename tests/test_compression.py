@@ -37,6 +37,23 @@ def test_int8_copy_predicts_close_and_reloads(tmp_path):
                                quantized.predict(x, verbose=0), atol=1e-6)
 
 
+def test_quantizing_collects_garbage_once_not_once_per_dropped_kernel(monkeypatch):
+    import gc
+
+    from fmkeras import _gc
+
+    calls = []
+    collect = lambda generation=2: calls.append(1) or 0  # noqa: E731
+    monkeypatch.setattr(gc, "collect", collect)
+    compression.quantize(mlp(), "int8")  # Keras drops two float kernels
+    assert calls == [1]
+    with _gc.collect_once():
+        with _gc.collect_once():
+            gc.collect()
+        assert calls == [1]  # the inner block does not collect
+    assert calls == [1, 1] and gc.collect is collect
+
+
 def _quantized_paths(model):
     return sorted(layer.path for layer in model._flatten_layers(include_self=False)
                   if layer.quantization_mode is not None)

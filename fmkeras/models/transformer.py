@@ -12,6 +12,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from fmkeras._gc import collect_once
 from fmkeras._scalars import accepts_numpy_scalars
 from fmkeras.models._checks import check_positive_int
 from fmkeras.models._checks import check_rate as _check_rate
@@ -110,10 +111,13 @@ class _QuantizableSublayers(keras.layers.Layer):
         self._sublayer_policies = policies
 
     def _quantize_sublayers(self):
-        for layer in self._flatten_layers(include_self=False):
-            policy = self._sublayer_policies.get(layer.path)
-            if policy is not None and layer.quantization_mode is None:
-                layer.dtype_policy = policy  # a built layer quantizes itself
+        if not self._sublayer_policies:
+            return
+        with collect_once():
+            for layer in self._flatten_layers(include_self=False):
+                policy = self._sublayer_policies.get(layer.path)
+                if policy is not None and layer.quantization_mode is None:
+                    layer.dtype_policy = policy  # a built layer quantizes itself
 
     def get_config(self):
         config = super().get_config()

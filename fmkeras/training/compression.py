@@ -20,6 +20,7 @@ import warnings
 import keras
 import numpy as np
 
+from fmkeras._gc import collect_once
 from fmkeras._scalars import accepts_numpy_scalars
 from fmkeras.config import is_number
 
@@ -56,7 +57,7 @@ def quantize(model, mode="int8"):
     if mode not in QUANTIZATION_MODES:
         raise ValueError(f"Expected mode in {list(QUANTIZATION_MODES)}. Received: mode={mode!r}")
     clone = _copy(model)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), collect_once():
         # Keras warns for every layer it leaves as is (inputs, activations, ...).
         warnings.filterwarnings("ignore", message=r"Layer .* does not have a `quantize` method",
                                 category=UserWarning)
