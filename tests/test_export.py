@@ -138,6 +138,17 @@ def test_a_failed_reload_is_named_and_the_next_check_still_works(exported, tmp_p
     export.check_export(path, [case])
 
 
+def test_the_checking_process_cleans_up_when_its_parent_ends_abruptly(exported):
+    _, _, path = exported
+    export.check_export(path, [_image_case(path)])
+    checker = export.core._CHECKER
+    proc, cwd = checker.proc, checker.cwd
+    proc.stdin.close()  # what it sees when this process ends without atexit (os._exit)
+    proc.wait(timeout=60)
+    assert proc.returncode == 0 and not os.path.exists(cwd)
+    export.check_export(path, [_image_case(path)])  # and the next check starts a new one
+
+
 def test_a_check_that_takes_too_long_is_stopped(exported):
     _, _, path = exported
     case = _image_case(path)

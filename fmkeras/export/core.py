@@ -145,6 +145,9 @@ for line in sys.stdin:
         reply = traceback.format_exception_only(e)[-1].strip()
     gc.collect()
     print(REPLY + json.dumps(reply), flush=True)
+# stdin closed: the parent ended (it may not have had the chance to clean up).
+import shutil
+shutil.rmtree(CWD, ignore_errors=True)
 """
 _REPLY = "\x1efmkeras-check "
 
@@ -187,7 +190,7 @@ class _Checker:
         env["CUDA_VISIBLE_DEVICES"] = env.get("CUDA_VISIBLE_DEVICES", "")
         self.cwd = tempfile.mkdtemp(prefix="fmkeras-check-")  # no fmkeras/ to import here
         self.stderr = tempfile.TemporaryFile()
-        script = f"REPLY = {_REPLY!r}\n{_CHECK_SCRIPT}"
+        script = f"REPLY = {_REPLY!r}\nCWD = {self.cwd!r}\n{_CHECK_SCRIPT}"
         self.proc = subprocess.Popen([sys.executable, "-c", script], cwd=self.cwd, env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.stderr)
