@@ -138,14 +138,18 @@ def test_a_failed_reload_is_named_and_the_next_check_still_works(exported, tmp_p
     export.check_export(path, [case])
 
 
-def test_the_checking_process_cleans_up_when_its_parent_ends_abruptly(exported):
+def test_the_checking_process_ends_with_its_parent_and_leaves_nothing(exported, tmp_path,
+                                                                      monkeypatch):
     _, _, path = exported
-    export.check_export(path, [_image_case(path)])
-    checker = export.core._CHECKER
-    proc, cwd = checker.proc, checker.cwd
+    export.core._CHECKER.close()
+    monkeypatch.setattr(export.core.tempfile, "tempdir", str(tmp_path))  # its working folder
+    (tmp_path / "numpy.py").write_text("raise ImportError('the working folder was imported')")
+    export.check_export(path, [_image_case(path)])  # the folder is not on its sys.path
+    proc = export.core._CHECKER.proc
     proc.stdin.close()  # what it sees when this process ends without atexit (os._exit)
     proc.wait(timeout=60)
-    assert proc.returncode == 0 and not os.path.exists(cwd)
+    assert proc.returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["numpy.py"]  # nothing written
     export.check_export(path, [_image_case(path)])  # and the next check starts a new one
 
 

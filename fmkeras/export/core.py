@@ -106,7 +106,9 @@ def write_versioned(export_root, name, write_fn, version=None):
 # It serves one check per line of stdin (a JSON list: SavedModel path, cases
 # file, results file) and answers each with one line starting with _REPLY.
 _CHECK_SCRIPT = r"""
-import gc, json, sys, traceback
+import sys
+sys.path[:] = [p for p in sys.path if p not in ("", ".")]  # nothing from the working folder
+import gc, json, traceback
 import numpy as np
 import tensorflow as tf
 
@@ -145,9 +147,6 @@ for line in sys.stdin:
         reply = traceback.format_exception_only(e)[-1].strip()
     gc.collect()
     print(REPLY + json.dumps(reply), flush=True)
-# stdin closed: the parent ended (it may not have had the chance to clean up).
-import shutil
-shutil.rmtree(CWD, ignore_errors=True)
 """
 _REPLY = "\x1efmkeras-check "
 
@@ -188,10 +187,10 @@ class _Checker:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         env["CUDA_VISIBLE_DEVICES"] = env.get("CUDA_VISIBLE_DEVICES", "")
-        self.cwd = tempfile.mkdtemp(prefix="fmkeras-check-")  # no fmkeras/ to import here
         self.stderr = tempfile.TemporaryFile()
-        script = f"REPLY = {_REPLY!r}\nCWD = {self.cwd!r}\n{_CHECK_SCRIPT}"
-        self.proc = subprocess.Popen([sys.executable, "-c", script], cwd=self.cwd, env=env,
+        script = f"REPLY = {_REPLY!r}\n{_CHECK_SCRIPT}"
+        self.proc = subprocess.Popen([sys.executable, "-c", script], cwd=tempfile.gettempdir(),
+                                     env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.stderr)
         self.buffer = b""
@@ -232,7 +231,6 @@ class _Checker:
             proc.wait()
         proc.stdout.close()
         self.stderr.close()
-        shutil.rmtree(self.cwd, ignore_errors=True)
 
 
 _CHECKER = _Checker()
