@@ -197,3 +197,15 @@ def test_identity_augmentation_returns_the_input():
 def test_bad_arguments_raise_clear_errors(kwargs, match):
     with pytest.raises(FmkerasError, match=f"Received: {match}"):
         Augmentation(**kwargs)
+
+
+def test_data_package_exports_load_on_first_use():
+    import fmkeras.data as data
+
+    for name in data.__all__:
+        assert getattr(data, name).__name__ == name
+    assert set(data.__all__) <= set(dir(data))
+    from fmkeras.data import Augmentation as imported
+    assert imported is data.augment.Augmentation
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_loader'"):
+        data.no_such_loader  # noqa: B018

@@ -21,8 +21,7 @@ import dataclasses
 import math
 import numbers
 
-import tensorflow as tf
-
+from fmkeras._lazy import tf
 from fmkeras.errors import FmkerasError
 
 FILL_MODES = ("constant", "nearest", "reflect", "wrap")

@@ -2,7 +2,16 @@
 
 Importing this package registers the custom layers and losses, so ``.keras``
 files that use them (the tasks' checkpoints included) load in safe mode.
+
+TensorFlow is imported only where it is used (the GAN and SimCLR train
+steps, the decoding searches, the fused batch norm kernel), so the builders
+that need only ``keras.ops`` (``fast_cnn``, ``simple_cnn``, ``resnet``,
+``transformer_classifier``, ``transformer_seq2seq``...) also build and train
+on Keras' JAX backend without TensorFlow installed
+(``benchmarks/gpu_jax.py`` times them that way on a GPU).
 """
+
+import keras
 
 from fmkeras.models.backbones import (
     BACKBONE_NAMES,
@@ -30,6 +39,10 @@ from fmkeras.models.transformer import (
     transformer_classifier,
     transformer_seq2seq,
 )
+
+if keras.backend.backend() == "tensorflow":
+    # Text models' TextVectorization layers name fmkeras' standardizer: register it too.
+    import fmkeras.data.text  # noqa: F401
 
 __all__ = [
     "BACKBONE_NAMES", "FusedBatchNormalization", "PatchWhitening", "PixelPreprocessing",

@@ -18,8 +18,8 @@ from __future__ import annotations
 import weakref
 
 import numpy as np
-import tensorflow as tf
 
+from fmkeras._lazy import tf
 from fmkeras._scalars import accepts_numpy_scalars
 from fmkeras.models.transformer import check_positive
 

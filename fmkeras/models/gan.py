@@ -11,8 +11,8 @@ across replicas by a `tf.distribute` strategy are those of the global batch.
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
 
+from fmkeras._lazy import tf
 from fmkeras.errors import FmkerasError
 from fmkeras.models._checks import check_model
 

@@ -14,8 +14,8 @@ float32 softmax over the vocabulary.
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
 
+from fmkeras._lazy import tf
 from fmkeras._scalars import accepts_numpy_scalars
 from fmkeras.config import is_count, is_number
 from fmkeras.models.transformer import PositionalEmbedding, TransformerEncoderBlock

@@ -11,7 +11,8 @@ sizes of a small CIFAR network.
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
+
+from fmkeras._lazy import tf
 
 # The fused kernel raises smaller epsilons to this value (a cuDNN limit).
 _MIN_FUSED_EPSILON = 1.001e-5

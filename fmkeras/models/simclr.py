@@ -13,8 +13,8 @@ from __future__ import annotations
 import dataclasses
 
 import keras
-import tensorflow as tf
 
+from fmkeras._lazy import tf
 from fmkeras.data.augment import Augmentation, augment_images
 from fmkeras.models._checks import check_model
 
