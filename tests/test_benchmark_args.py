@@ -10,6 +10,9 @@ from conftest import REPO, load_script
     ("cifar10_fast.py", ["--minutes", "-1"], "argument --minutes: expected a float above 0"),
     ("dcgan.py", ["--batch-size", "x"], "argument --batch-size: expected an int above 0, "
                                         "received 'x'"),
+    ("gpu_jax.py", ["--epochs", "0"], "argument --epochs: expected an int above 0"),
+    ("gpu_jax.py", ["--skip-cifar"], "needs Keras' JAX backend (KERAS_BACKEND=jax). "
+                                     "Received: 'tensorflow'"),
     ("image_pipeline.py", ["--sizes", "32", "0"], "argument --sizes: expected an int above 0"),
     ("low_label.py", ["--epochs", "0"], "argument --epochs: expected an int above 0"),
     ("low_label_text.py", ["--corpus", "/no/such.tsv"], "Corpus not found"),
