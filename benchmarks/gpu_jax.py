@@ -3,8 +3,9 @@
 Run: ``KERAS_BACKEND=jax python benchmarks/gpu_jax.py [--archive PATH] [--out FILE]``
 
 fmkeras trains through TensorFlow, but a GPU machine may have JAX and no
-TensorFlow (the GPU lent to this project has CUDA 13 JAX and no way to
-install TensorFlow's CUDA 12 wheels). The model builders use only
+TensorFlow: the GPU machine lent to this project has CUDA 13 JAX, no package
+registry, and room for 64 MiB of carried files, far less than TensorFlow's
+wheels with their CUDA libraries. The model builders use only
 ``keras.ops`` and import TensorFlow lazily, so this script measures them on
 the JAX backend, with XLA, where TensorFlow cannot go:
 
@@ -13,7 +14,7 @@ the JAX backend, with XLA, where TensorFlow cannot go:
    ones and larger ones that fill a GPU). ``float32`` is timed twice: with
    XLA's default matmul precision (TF32 tensor cores on recent NVIDIA
    GPUs) and with ``highest`` (true float32).
-2. **CIFAR-10 time to 94%.** The ``cifar10_fast`` recipe (``fast_cnn`` with
+2. **CIFAR-10 time to 94% (and 90%).** The ``cifar10_fast`` recipe (``fast_cnn`` with
    patch whitening, flip and 2-pixel reflected translations, label smoothing
    0.2, Nesterov SGD with a linear one-cycle schedule, decoupled weight
    decay and 64x steps for batch-norm offsets, batch 1024) at full width
@@ -21,8 +22,9 @@ the JAX backend, with XLA, where TensorFlow cannot go:
    count. Accuracy is on a fixed, class-balanced 10% of the training files
    of ``../shared/datasets/cifar10-train-jpg.tar.gz`` (seed 42; the
    TensorFlow preset draws its own 10%), plain, with test-time flip, and
-   with flip and 1-pixel shifts. Training time excludes XLA compilation:
-   one compiled step serves every run (the learning rate is an input).
+   with flip and 1-pixel shifts. Training time excludes XLA compilation
+   (one compiled step serves every run: the learning rate is an input) and
+   the evaluation. 90% is what airbench94 itself scores on these JPEGs.
 
 Each train step is a jitted ``model.stateless_call`` and
 ``optimizer.stateless_apply`` (Keras' JAX training idiom), the images live on
@@ -393,13 +395,16 @@ def run_cifar(args, results):
             print(f"{epochs:3d} epochs: {seconds:6.1f} s training, loss {float(loss):.3f}, "
                   f"held-out accuracy {accuracy['plain']:.4f}, flip {accuracy['flip']:.4f}, "
                   f"flip+shift {accuracy['flip_shift']:.4f}", flush=True)
-        reached = [r for r in results["cifar"]["runs"] if r["accuracy_flip_shift"] >= 0.94]
-        if reached:
-            best = min(reached, key=lambda r: r["train_seconds"])
-            print(f"time to 94% (flip+shift TTA): {best['train_seconds']:.1f} s "
-                  f"({best['epochs']} epochs)")
-        else:
-            print("time to 94%: not reached by any run")
+        # 94%: the issue's target (airbench94's on the original PNG test set); 90%: what
+        # airbench94 itself scores on these JPEGs (benchmarks/README.scaling.md).
+        for target in (0.90, 0.94):
+            reached = [r for r in results["cifar"]["runs"] if r["accuracy_flip_shift"] >= target]
+            if reached:
+                best = min(reached, key=lambda r: r["train_seconds"])
+                print(f"time to {target:.0%} (flip+shift TTA): {best['train_seconds']:.1f} s "
+                      f"({best['epochs']} epochs)")
+            else:
+                print(f"time to {target:.0%}: not reached by any run")
     finally:
         keras.mixed_precision.set_global_policy("float32")
 
