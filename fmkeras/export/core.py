@@ -173,14 +173,17 @@ class _Checker:
                 self.proc, self.owner = None, os.getpid()
             if self.proc is None or self.proc.poll() is not None:
                 self._start()
+            request = (json.dumps([path, inputs_file, out_file]) + "\n").encode()
             try:
-                self.proc.stdin.write((json.dumps([path, inputs_file, out_file]) + "\n").encode())
-                self.proc.stdin.flush()
+                self._send(request)
             except OSError:  # it died since the last check
                 self._start()
-                self.proc.stdin.write((json.dumps([path, inputs_file, out_file]) + "\n").encode())
-                self.proc.stdin.flush()
+                self._send(request)
             return self._reply(deadline, timeout)
+
+    def _send(self, request):
+        self.proc.stdin.write(request)
+        self.proc.stdin.flush()
 
     def _start(self):
         self.close()
