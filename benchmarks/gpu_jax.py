@@ -10,7 +10,7 @@ wheels with their CUDA libraries. The model builders use only
 the JAX backend, with XLA, where TensorFlow cannot go:
 
 1. **Mixed precision.** Train-step time of ``float32`` against
-   ``mixed_bfloat16`` for the CNNs and Transformers (``precision.py``'s small
+   ``mixed_bfloat16`` and ``mixed_float16`` for the CNNs and Transformers (``precision.py``'s small
    ones and larger ones that fill a GPU). ``float32`` is timed twice: with
    XLA's default matmul precision (TF32 tensor cores on recent NVIDIA
    GPUs) and with ``highest`` (true float32).
@@ -183,15 +183,20 @@ def _save(results, path):
 
 
 SETTINGS = (("float32_ms", "float32", None), ("float32_highest_ms", "float32", "highest"),
-            ("mixed_bfloat16_ms", "mixed_bfloat16", None))
+            ("mixed_bfloat16_ms", "mixed_bfloat16", None),
+            ("mixed_float16_ms", "mixed_float16", None))
 
 
 def run_precision(args, results):
-    """Times every model of :func:`precision_models` until ``args.precision_seconds`` pass."""
+    """Times every model of :func:`precision_models` until ``args.precision_seconds`` pass.
+
+    ``mixed_float16`` is timed without loss scaling: the step time is the same.
+    """
     began = time.perf_counter()
-    print("\n== mixed precision: train step time (ms), ratio = float32 / mixed_bfloat16")
-    print(f"{'model':<42} {'f32 (tf32)':>10} {'f32 highest':>11} {'bf16':>8} "
-          f"{'ratio':>6} {'vs highest':>10}")
+    print("\n== mixed precision: train step time (ms); speedups over float32 (TF32) and "
+          "over float32 highest")
+    print(f"{'model':<42} {'f32 (tf32)':>10} {'f32 highest':>11} {'bf16':>8} {'f16':>8} "
+          f"{'bf16 x':>6} {'vs highest':>10} {'f16 x':>6}")
     for name, build, batch, steps in precision_models(args.small):
         if time.perf_counter() - began > args.precision_seconds:
             print(f"{name:<42} skipped: the {args.precision_seconds:.0f} s budget is spent")
@@ -204,14 +209,15 @@ def run_precision(args, results):
                 row[key] = None
                 row.setdefault("errors", []).append(f"{key}: {type(error).__name__}: {error}")
                 print(f"{name}, {key}: FAILED: {type(error).__name__}: {error}", flush=True)
-        f32, highest, bf16 = (row[key] for key, _, _ in SETTINGS)
+        f32, highest, bf16, f16 = (row[key] for key, _, _ in SETTINGS)
         row["speedup"] = f32 / bf16 if f32 and bf16 else None
         row["speedup_vs_highest"] = highest / bf16 if highest and bf16 else None
+        row["float16_speedup"] = f32 / f16 if f32 and f16 else None
         results["precision"].append(row)
         _save(results, args.out)
         cells = [f"{v:{w}.2f}" if v else f"{'-':>{w}}" for v, w in (
-            (f32, 10), (highest, 11), (bf16, 8), (row["speedup"], 6),
-            (row["speedup_vs_highest"], 10))]
+            (f32, 10), (highest, 11), (bf16, 8), (f16, 8), (row["speedup"], 6),
+            (row["speedup_vs_highest"], 10), (row["float16_speedup"], 6))]
         print(f"{name:<42} " + " ".join(cells), flush=True)
 
 
