@@ -5,6 +5,7 @@ hook that refuses ``tensorflow``, as on a GPU machine that has JAX only.
 """
 
 import importlib.util
+import inspect
 import json
 import os
 import subprocess
@@ -35,6 +36,29 @@ NO_TENSORFLOW = textwrap.dedent("""
 """)
 
 
+# Builder name, positional and keyword arguments (lists stand for tuples), for both backends.
+BUILDERS = {
+    "fast_cnn": ("fast_cnn", [[32, 32, 3], 10], {"widths": [8, 16, 16]}),
+    "simple_cnn": ("simple_cnn", [[16, 16, 3], 4], {"filters": [8, 16], "dense_units": 8}),
+    "resnet": ("resnet", [[16, 16, 3], 4], {"depth": 8, "base_filters": 4}),
+    "transformer_classifier": ("transformer_classifier", [100, 16, 3],
+                               {"d_model": 16, "num_heads": 2, "ff_dim": 32, "num_layers": 1}),
+    "transformer_seq2seq": ("transformer_seq2seq", [50, 60, 12],
+                            {"d_model": 16, "num_heads": 2, "ff_dim": 32,
+                             "num_encoder_layers": 1, "num_decoder_layers": 1}),
+}
+
+
+def build(spec):
+    """Build ``spec`` from :data:`BUILDERS` (this source also runs in the JAX child)."""
+    name, args, kwargs = spec
+
+    def tuples(value):
+        return tuple(value) if isinstance(value, list) else value
+
+    return getattr(models, name)(*map(tuples, args), **{k: tuples(v) for k, v in kwargs.items()})
+
+
 def run_without_tensorflow(code, *argv, timeout=300):
     """Run ``code`` in a JAX-backend child that cannot import TensorFlow; return its stdout."""
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
@@ -46,12 +70,9 @@ def run_without_tensorflow(code, *argv, timeout=300):
 
 
 def test_builders_build_and_train_on_jax_without_tensorflow():
-    expected = {  # built here, on the TensorFlow backend
-        "fast_cnn": models.fast_cnn((32, 32, 3), 10, widths=(8, 16, 16)).count_params(),
-        "transformer": models.transformer_classifier(
-            100, 16, 3, d_model=16, num_heads=2, ff_dim=32, num_layers=1).count_params(),
-    }
-    out = run_without_tensorflow("""
+    expected = {name: build(spec).count_params()  # built here, on the TensorFlow backend
+                for name, spec in BUILDERS.items()}
+    out = run_without_tensorflow(inspect.getsource(build) + textwrap.dedent("""
         import json
         import keras
         import numpy as np
@@ -59,11 +80,8 @@ def test_builders_build_and_train_on_jax_without_tensorflow():
         from gpu_jax import make_train_step, _state
 
         assert keras.backend.backend() == "jax"
-        counts = {
-            "fast_cnn": models.fast_cnn((32, 32, 3), 10, widths=(8, 16, 16)).count_params(),
-            "transformer": models.transformer_classifier(
-                100, 16, 3, d_model=16, num_heads=2, ff_dim=32, num_layers=1).count_params(),
-        }
+        counts = {name: build(spec).count_params()
+                  for name, spec in json.loads(sys.argv[1]).items()}
         keras.utils.set_random_seed(0)
         model = models.fast_cnn((16, 16, 3), 4, widths=(8, 16))
         rng = np.random.default_rng(0)
@@ -79,7 +97,7 @@ def test_builders_build_and_train_on_jax_without_tensorflow():
             losses.append(float(loss))
         print(json.dumps({"counts": counts, "losses": losses,
                           "tensorflow_loaded": "tensorflow" in sys.modules}))
-    """)
+    """), json.dumps(BUILDERS))
     report = json.loads(out.strip().splitlines()[-1])
     assert report["counts"] == expected
     assert report["losses"][-1] < 0.7 * report["losses"][0], report["losses"]
