@@ -221,6 +221,21 @@ def run_precision(args, results):
         print(f"{name:<42} " + " ".join(cells), flush=True)
 
 
+def check_archive(path):
+    """Why ``path`` cannot serve as the CIFAR-10 archive (a message), or None if it can."""
+    if not os.path.isfile(path):
+        return f"no CIFAR-10 archive at {path!r} (--archive, or --skip-cifar)"
+    try:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                if (member.isfile() and member.name.endswith(".jpg")
+                        and len(member.name.split("/")) >= 3):
+                    return None
+    except (tarfile.TarError, OSError, EOFError) as error:
+        return f"--archive {path!r} is not a readable tar archive ({error})"
+    return f"--archive {path!r} holds no <class>/<image>.jpg files"
+
+
 def load_cifar(archive, per_class=None):
     """``(images uint8 [n, 32, 32, 3], labels int, class names)`` from the JPEG archive."""
     from PIL import Image
@@ -438,11 +453,12 @@ def main(argv=None):
                         help="start no CIFAR-10 run that would end later than this many "
                              "seconds after the script started (estimated from the last run)")
     args = parser.parse_args(argv)
+    problem = None if args.skip_cifar else check_archive(args.archive)
+    if problem:
+        parser.error(problem)
     if keras.backend.backend() != "jax":
         parser.error(f"needs Keras' JAX backend (KERAS_BACKEND=jax). "
                      f"Received: {keras.backend.backend()!r}")
-    if not args.skip_cifar and not os.path.isfile(args.archive):
-        parser.error(f"no CIFAR-10 archive at {args.archive!r} (--archive, or --skip-cifar)")
     results = {"machine": machine(), "argv": sys.argv[1:] if argv is None else argv,
                "precision": []}
     print(f"machine: {results['machine']}", flush=True)

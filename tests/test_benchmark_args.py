@@ -29,3 +29,25 @@ def test_bad_arguments_stop_with_a_usage_error(capsys, monkeypatch, script, argv
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert fragment in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (b"not an archive", "is not a readable tar archive"),
+    (None, "holds no <class>/<image>.jpg files"),
+])
+def test_gpu_script_refuses_an_unusable_archive(tmp_path, capsys, content, fragment):
+    import tarfile
+
+    path = tmp_path / "cifar.tar.gz"
+    if content is None:
+        (tmp_path / "notes.txt").write_text("no images")
+        with tarfile.open(path, "w:gz") as tar:
+            tar.add(tmp_path / "notes.txt", arcname="train/notes.txt")
+    else:
+        path.write_bytes(content)
+    module = load_script("benchmarks", "gpu_jax.py")
+    with pytest.raises(SystemExit) as info:
+        module.main(["--archive", str(path)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert fragment in err and str(path) in err and "Traceback" not in err
