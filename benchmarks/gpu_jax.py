@@ -221,40 +221,46 @@ def run_precision(args, results):
         print(f"{name:<42} " + " ".join(cells), flush=True)
 
 
+def _jpeg_members(tar):
+    """``(member, class name)`` for each ``.../<class>/<image>.jpg`` file of ``tar``."""
+    for member in tar:
+        parts = member.name.split("/")
+        if member.isfile() and len(parts) >= 3 and parts[-1].endswith(".jpg"):
+            yield member, parts[-2]
+
+
 def check_archive(path):
     """Why ``path`` cannot serve as the CIFAR-10 archive (a message), or None if it can."""
     if not os.path.isfile(path):
         return f"no CIFAR-10 archive at {path!r} (--archive, or --skip-cifar)"
     try:
         with tarfile.open(path) as tar:
-            for member in tar:
-                if (member.isfile() and member.name.endswith(".jpg")
-                        and len(member.name.split("/")) >= 3):
-                    return None
+            if next(_jpeg_members(tar), None) is not None:
+                return None
     except (tarfile.TarError, OSError, EOFError) as error:
         return f"--archive {path!r} is not a readable tar archive ({error})"
     return f"--archive {path!r} holds no <class>/<image>.jpg files"
 
 
 def load_cifar(archive, per_class=None):
-    """``(images uint8 [n, 32, 32, 3], labels int, class names)`` from the JPEG archive."""
+    """``(images uint8 [n, 32, 32, 3], labels int, class names)`` from the JPEG archive.
+
+    Labels index the class names in sorted order.
+    """
     from PIL import Image
 
-    images, labels, names = [], [], {}
+    images, classes, counts = [], [], {}
     with tarfile.open(archive) as tar:
-        for member in tar:
-            parts = member.name.split("/")
-            if not member.isfile() or len(parts) < 3 or not parts[-1].endswith(".jpg"):
+        for member, name in _jpeg_members(tar):
+            if per_class is not None and counts.get(name, 0) >= per_class:
                 continue
-            label = names.setdefault(parts[-2], len(names))
-            if per_class is not None and labels.count(label) >= per_class:
-                continue
+            counts[name] = counts.get(name, 0) + 1
             data = tar.extractfile(member).read()
             images.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
-            labels.append(label)
-    order = sorted(names, key=names.get)
-    remap = np.array([sorted(order).index(name) for name in order])
-    return np.stack(images), remap[np.array(labels)], sorted(order)
+            classes.append(name)
+    names = sorted(counts)
+    index = {name: i for i, name in enumerate(names)}
+    return np.stack(images), np.array([index[name] for name in classes]), names
 
 
 def hold_out(labels, fraction=0.1, seed=42):
