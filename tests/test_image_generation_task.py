@@ -36,7 +36,9 @@ def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("gen")
     data = write_image_folder(root / "data", classes=("a", "b", "c"), per_class=8,
                               size=(16, 16), mode="L")
-    result = image_generation.run(tiny_config(data, root / "run"))
+    (root / "data" / "c" / "empty.png").write_bytes(b"")  # 1 of 25: skipped, and reported
+    with pytest.warns(UserWarning, match="empty.png: empty file"):
+        result = image_generation.run(tiny_config(data, root / "run"))
     return result
 
 
@@ -55,6 +57,8 @@ def test_run_writes_samples_checkpoints_metrics_and_report(tiny_run):
     with open(os.path.join(run_dir, "report.md")) as f:
         report = f.read()
     assert "plots/samples_epoch_001.png" in report and "| fid |" in report
+    assert metrics["data_skipped_files"] == 1
+    assert "## Data problems" in report and "c/empty.png" in report
 
 
 def test_export_round_trip_uint8_and_seeded_sample(tiny_run):

@@ -100,14 +100,19 @@ def test_pretrain_then_fine_tune_from_the_encoder(tmp_path):
 
 def test_without_validation_there_is_no_validation_loss(tmp_path):
     data = write_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=4, size=(16, 16))
+    (tmp_path / "imgs" / "b" / "empty.png").write_bytes(b"")  # skipped, and reported
     run_dir = tmp_path / "simclr"
     config = config_lib.load_config(task.PretrainSimCLRConfig, "digits_simclr", [
         f"data.path={data}", f"run_dir={run_dir}", "data.batch_size=4", "train.epochs=1",
         "data.validation_split=0", "model.projection_dim=8", "model.hidden_dim=16",
-        "train.verbose=0"])
-    task.run(config)
+        "data.max_bad_fraction=0.2", "train.verbose=0"])
+    with pytest.warns(UserWarning, match="empty.png: empty file"):
+        task.run(config)
     text = (run_dir / "metrics.json").read_text()
-    assert "NaN" not in text and "final_val_loss" not in json.loads(text)
+    metrics = json.loads(text)
+    assert "NaN" not in text and "final_val_loss" not in metrics
+    assert metrics["data_skipped_files"] == 1
+    assert "b/empty.png" in (run_dir / "report.md").read_text(encoding="utf-8")
 
 
 def test_config_errors_and_cli_entry(tmp_path):

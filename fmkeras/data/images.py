@@ -265,7 +265,7 @@ def load_image(path, channels=3):
     return decode_image(tf.io.read_file(path), channels)
 
 
-def validate_index(index, max_bad_fraction=0.05, decode=True):
+def validate_index(index, max_bad_fraction=0.05, decode=True, skipped=None):
     """Drop files that are not usable images, with one warning naming each and why.
 
     A header check (magic bytes, zero-byte files) runs on every file, then a
@@ -276,14 +276,17 @@ def validate_index(index, max_bad_fraction=0.05, decode=True):
         index: a :class:`DirectoryIndex`.
         max_bad_fraction: float. Largest tolerated fraction of bad files.
         decode: bool. Also decode every file (catches truncated images).
+        skipped: optional list. The paths of the files left out are appended
+            to it (for a run's report).
 
     Returns:
         A :class:`DirectoryIndex` of the usable files.
 
     Example:
 
-    >>> len(validate_index(index_directory("data/digits/test")))
-    360
+    >>> left_out = []
+    >>> len(validate_index(index_directory("data/digits/test"), skipped=left_out)), left_out
+    (360, [])
     """
     from fmkeras.data.image_files import read_images
 
@@ -291,6 +294,9 @@ def validate_index(index, max_bad_fraction=0.05, decode=True):
                           max_bad_fraction=max_bad_fraction)
     if len(good) == len(index):
         return index
+    if skipped is not None:
+        usable = set(good.tolist())
+        skipped.extend(path for i, path in enumerate(index.paths) if i not in usable)
     return dataclasses.replace(index, filenames=[index.filenames[i] for i in good],
                                labels=index.labels[good])
 

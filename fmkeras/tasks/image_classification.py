@@ -252,12 +252,8 @@ def load_splits(data_config, seed, skipped=None):
             f"folders, or a folder of class folders. Received: data.path={root!r}{cwd_note(root)}")
     train_dir, test_dir = os.path.join(root, "train"), os.path.join(root, "test")
     def check(index):
-        kept = image_data.validate_index(index, max_bad_fraction=data_config.max_bad_fraction)
-        if skipped is not None and len(kept) < len(index):
-            usable = set(kept.filenames)
-            skipped.extend(path for name, path in zip(index.filenames, index.paths)
-                           if name not in usable)
-        return kept
+        return image_data.validate_index(index, max_bad_fraction=data_config.max_bad_fraction,
+                                         skipped=skipped)
 
     if os.path.isdir(train_dir):
         train = check(image_data.index_directory(train_dir))

@@ -26,9 +26,10 @@ from fmkeras.evaluation import generation
 from fmkeras.models.dcgan import SUPPORTED_SIZES
 from fmkeras.models.gan import GAN
 from fmkeras.tasks import base
-
-# Same image folders, same checks: the --validate-data entry point.
-from fmkeras.tasks.image_classification import validate_data  # noqa: F401
+from fmkeras.tasks.image_classification import (
+    skipped_files_section,
+    validate_data,  # noqa: F401 - same image folders, same checks (--validate-data)
+)
 from fmkeras.training import callbacks as callbacks_lib
 from fmkeras.training import distribute, gan_callbacks
 from fmkeras.training import precision as precision_lib
@@ -148,25 +149,27 @@ def _check_config(config):
         raise ConfigError(f"Expected data.test_split in (0, 1). Received: {data.test_split}")
 
 
-def _index(folder):
+def _index(folder, skipped=None):
     """Index class folders, or a flat folder of images as one class ``all``."""
     entries = [e for e in os.scandir(folder) if not e.name.startswith(".")]
     if any(e.is_dir() for e in entries):
-        return image_data.validate_index(image_data.index_directory(folder))
+        return image_data.validate_index(image_data.index_directory(folder), skipped=skipped)
     files = sorted(e.name for e in entries if e.is_file()
                    and e.name.lower().endswith(image_data.IMAGE_EXTENSIONS))
     if not files:
         raise DataError(f"Expected images or class folders of images. Received: data.path "
                         f"{folder!r} without images")
     index = image_data.DirectoryIndex(folder, files, np.zeros(len(files), np.int32), ["all"])
-    return image_data.validate_index(index)
+    return image_data.validate_index(index, skipped=skipped)
 
 
-def load_splits(data_config, seed):
+def load_splits(data_config, seed, skipped=None):
     """Index ``data.path`` into training and held-out :class:`DirectoryIndex` es.
 
     Uses ``train/`` and ``test/`` when present, else holds out
-    ``data.test_split`` of the folder.
+    ``data.test_split`` of the folder. Unusable files are left out with one
+    warning; their paths are appended to the list ``skipped`` when one is
+    given (for the run's report).
 
     Example:
 
@@ -180,11 +183,11 @@ def load_splits(data_config, seed):
                         f"folders. Received: data.path={root!r}{cwd_note(root)}")
     train_dir, test_dir = os.path.join(root, "train"), os.path.join(root, "test")
     if os.path.isdir(train_dir) and os.path.isdir(test_dir):
-        train = _index(train_dir)
+        train = _index(train_dir, skipped)
         test = image_data.index_directory(test_dir, classes=train.class_names,
                                           allow_empty_classes=True)
-        return train, image_data.validate_index(test)
-    train = _index(train_dir if os.path.isdir(train_dir) else root)
+        return train, image_data.validate_index(test, skipped=skipped)
+    train = _index(train_dir if os.path.isdir(train_dir) else root, skipped)
     return image_data.split_index(train, data_config.test_split, seed)
 
 
@@ -371,7 +374,8 @@ def run(config, callbacks=()):
     run_dir = dist.write_dir(config.run_dir or base.default_run_dir(TASK))
     precision_lib.set_seed(config.seed)
     data = config.data
-    train_index, test_index = load_splits(data, config.seed)
+    skipped = []
+    train_index, test_index = load_splits(data, config.seed, skipped)
     # Checked before training: scoring needs real images the GAN did not train on.
     n = min(config.evaluation.num_samples, len(test_index))
     if n < 2:
@@ -435,7 +439,8 @@ def run(config, callbacks=()):
     metrics = score(real, fake, extractor)
     metrics.update(num_samples=n, precision_policy=policy, train_samples=len(train_index),
                    epochs_trained=len(next(iter(history.values()), [])),
-                   num_parameters=int(gan.generator.count_params()), **dist.describe())
+                   num_parameters=int(gan.generator.count_params()),
+                   data_skipped_files=len(skipped), **dist.describe())
     if guard.stop_reason:
         metrics["stop_reason"] = guard.stop_reason
 
@@ -453,6 +458,7 @@ def run(config, callbacks=()):
             check=config.export.check)
         metrics["export_path"] = export_path
     base.write_json(os.path.join(run_dir, "metrics.json"), metrics)
-    base.write_report(run_dir, "Image generation", metrics, plots=shown)
+    base.write_report(run_dir, "Image generation", metrics, plots=shown,
+                      sections=[("Data problems", skipped_files_section(skipped))])
     base.finish_run(run_dir)
     return base.RunResult(run_dir=run_dir, metrics=metrics, model=gan, export_path=export_path)

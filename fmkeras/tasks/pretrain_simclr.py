@@ -26,6 +26,7 @@ from fmkeras.tasks.fine_tune import FineTuneDataConfig, build_backbone
 from fmkeras.tasks.image_classification import (
     AugmentConfig,
     make_datasets,
+    skipped_files_section,
     validate_data,  # noqa: F401 - same image folders, same checks (--validate-data)
 )
 from fmkeras.training import callbacks as callbacks_lib
@@ -181,10 +182,11 @@ def run(config, callbacks=()):
                "precision_policy": policy, "encoder": encoder.name,
                "num_parameters": int(encoder.count_params()),
                "train_samples": splits.train_samples, "encoder_path": encoder_path,
-               **dist.describe()}
+               "data_skipped_files": len(splits.skipped_files), **dist.describe()}
     if "val_loss" in history and not math.isnan(history["val_loss"][-1]):  # nan: no validation
         metrics["final_val_loss"] = history["val_loss"][-1]
     base.write_json(os.path.join(run_dir, "metrics.json"), metrics)
-    base.write_report(run_dir, "SimCLR pretraining", metrics, None, ["plots/training_curves.png"])
+    base.write_report(run_dir, "SimCLR pretraining", metrics, None, ["plots/training_curves.png"],
+                      sections=[("Data problems", skipped_files_section(splits.skipped_files))])
     base.finish_run(run_dir)
     return base.RunResult(run_dir=run_dir, metrics=metrics, model=model)
