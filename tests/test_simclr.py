@@ -46,6 +46,27 @@ def test_a_few_steps_lower_the_loss():
     assert np.mean(losses[-2:]) < 0.7 * losses[0]
 
 
+def test_a_single_image_batch_has_no_negatives_and_no_weight():
+    from fmkeras.data import Augmentation
+
+    # No augmentation: both views are the image itself, so the loss is deterministic.
+    model = SimCLR(tiny_encoder(), projection_dim=8, hidden_dim=16, seed=0,
+                   augmentation=Augmentation())
+    model.compile(optimizer="sgd", jit_compile=False)
+    images = np.random.default_rng(2).uniform(0, 255, (5, 16, 16, 3)).astype("float32")
+    first_four = model.evaluate(images[:4], batch_size=4, verbose=0)
+    assert first_four > 0.0
+    # Batches of 4 and 1: the single image (loss 0, no negatives) does not count.
+    np.testing.assert_allclose(model.evaluate(images, batch_size=4, verbose=0), first_four,
+                               rtol=1e-5)
+    # In training too: a batch of one moves nothing (its gradient is zero).
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    history = model.fit(images[:1], batch_size=1, epochs=1, verbose=0).history
+    assert history["loss"] == [0.0]
+    for a, b in zip(before, model.trainable_weights):
+        np.testing.assert_array_equal(a, b.numpy())
+
+
 def test_round_trips_through_a_keras_file(tmp_path):
     model = SimCLR(tiny_encoder(), projection_dim=8, hidden_dim=16, temperature=0.5, seed=1)
     images = np.random.default_rng(1).uniform(0, 255, (2, 16, 16, 3)).astype("float32")

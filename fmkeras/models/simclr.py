@@ -118,6 +118,13 @@ class SimCLR(keras.Model):
         return self.projection(features, training=training)
 
     def _views_loss(self, images, training):
+        """NT-Xent of two views of ``images``, and the weight of that loss.
+
+        The weight is the number of images, or 0 for a single image: its two
+        views have no negatives, so its loss (0) says nothing. The loss shown
+        is the mean over images; a last batch of one image does not pull it
+        towards 0.
+        """
         images = tf.cast(images, tf.float32)
         views = []
         for _ in range(2):
@@ -125,7 +132,9 @@ class SimCLR(keras.Model):
             views.append(augment_images(images, self.augmentation, seed))
         z = self(tf.concat(views, 0), training=training)
         z1, z2 = tf.split(z, 2)
-        return nt_xent_loss(z1, z2, self.temperature)
+        count = tf.cast(tf.shape(images)[0], tf.float32)
+        weight = tf.where(count >= 2.0, count, 0.0)
+        return nt_xent_loss(z1, z2, self.temperature), weight
 
     @staticmethod
     def _images(data):
@@ -134,18 +143,20 @@ class SimCLR(keras.Model):
     def train_step(self, data):
         images = self._images(data)
         with tf.GradientTape() as tape:
-            loss = self._views_loss(images, training=True)
+            loss, weight = self._views_loss(images, training=True)
             # Replicas' gradients are summed; each replica's loss (negatives from its
-            # own share of the batch) counts 1/N, as Keras does for compiled losses.
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            scaled = self.optimizer.scale_loss(loss / replicas)
+            # own share of the batch) counts in proportion to its images, so the sum
+            # is the mean over the global batch (a replica of one image counts 0).
+            total = tf.distribute.get_replica_context().all_reduce("sum", weight)
+            scaled = self.optimizer.scale_loss(loss * weight / tf.maximum(total, 1.0))
         grads = tape.gradient(scaled, self.trainable_variables)
         self.optimizer.apply(grads, self.trainable_variables)
-        self.loss_tracker.update_state(loss)
+        self.loss_tracker.update_state(loss, sample_weight=weight)
         return {"loss": self.loss_tracker.result()}
 
     def test_step(self, data):
-        self.loss_tracker.update_state(self._views_loss(self._images(data), training=False))
+        loss, weight = self._views_loss(self._images(data), training=False)
+        self.loss_tracker.update_state(loss, sample_weight=weight)
         return {"loss": self.loss_tracker.result()}
 
     def get_config(self):
