@@ -29,9 +29,9 @@ SLOW_FILES = ("test_notebooks.py",  # 250
               "test_translation_task.py",  # 95
               "test_fine_tune.py",  # 95
               "test_compression.py",  # 75
-              "test_jax_backend.py",  # 45
               "test_pipeline_choice.py",  # 55
               "test_image_generation_task.py",  # 50
+              "test_jax_backend.py",  # 45
               "test_fine_tune_compression.py",  # 45
               "test_gan.py",  # 40
               "test_cli.py",  # 40
