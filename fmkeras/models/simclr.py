@@ -33,20 +33,28 @@ def nt_xent_loss(z1, z2, temperature=0.1):
         temperature: float. Softmax temperature of the cosine similarities.
 
     Returns:
-        Scalar float32 tensor.
+        Scalar float32 tensor; 0 for fewer than two pairs (no negatives), an
+        empty batch included (a replica's share of a last, partial batch).
 
     Example:
 
     >>> z = tf.eye(4)
     >>> float(nt_xent_loss(z, z, temperature=0.1)) < 1e-3
     True
+    >>> float(nt_xent_loss(tf.zeros((0, 4)), tf.zeros((0, 4))))
+    0.0
     """
     z = tf.math.l2_normalize(tf.cast(tf.concat([z1, z2], 0), tf.float32), axis=1)
     n = tf.shape(z1)[0]
-    logits = tf.matmul(z, z, transpose_b=True) / temperature
-    logits -= 1e9 * tf.eye(2 * n)  # a view is not its own positive
-    labels = tf.concat([tf.range(n, 2 * n), tf.range(n)], 0)
-    return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+
+    def loss():
+        logits = tf.matmul(z, z, transpose_b=True) / temperature
+        logits -= 1e9 * tf.eye(2 * n)  # a view is not its own positive
+        labels = tf.concat([tf.range(n, 2 * n), tf.range(n)], 0)
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+
+    # The cross-entropy refuses an empty batch (logits [0, 0]).
+    return tf.cond(n >= 2, loss, lambda: tf.zeros((), tf.float32))
 
 
 @keras.saving.register_keras_serializable(package="fmkeras")
