@@ -63,6 +63,23 @@ MIRRORED = TRAIN + textwrap.dedent("""
     train(tf.distribute.MirroredStrategy(devices), sys.argv[1] + "/mirrored.npz", 8)
     assert tf.distribute.MirroredStrategy(devices).num_replicas_in_sync == 2
     train(distribute.make_strategy("none"), sys.argv[1] + "/single.npz", 16)
+
+    # Nine examples in global batches of 8: the last batch would leave one replica
+    # empty, and an empty batch's batch-norm statistics are NaN. Distribution.dataset
+    # drops that batch, from a finite dataset and from one that repeats without end.
+    dist = distribute.Distribution("mirrored")
+    x = np.random.default_rng(0).normal(size=(9, 4)).astype("float32")
+    data = tf.data.Dataset.from_tensor_slices((x, x[:, :2])).batch(dist.global_batch(4))
+    with dist.scope():
+        bn = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4),
+                               keras.layers.BatchNormalization(), keras.layers.Dense(2)])
+        bn.compile("sgd", "mse")
+    steps = dist.steps_per_epoch(9, 4)
+    finite = dist.fit(bn, dist.dataset(data), epochs=2, verbose=0).history["loss"]
+    endless = dist.fit(bn, dist.dataset(data.repeat()), epochs=2, steps_per_epoch=steps,
+                       verbose=0).history["loss"]
+    np.savez(sys.argv[1] + "/small_batches.npz", steps=steps, losses=finite + endless,
+             weights_finite=all(np.isfinite(w).all() for w in bn.get_weights()))
 """)
 
 WORKER = TRAIN + textwrap.dedent("""
@@ -120,6 +137,9 @@ def test_mirrored_two_cpus_matches_single_device_on_global_batch(tmp_path):
     assert len(mirrored) == len(single) == 4
     for a, b in zip(mirrored, single):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    with np.load(tmp_path / "small_batches.npz") as small:
+        assert int(small["steps"]) == 1  # the batch of 8; the batch of 1 is left out
+        assert np.isfinite(small["losses"]).all() and bool(small["weights_finite"])
 
 
 def test_multi_worker_localhost_agree(tmp_path):

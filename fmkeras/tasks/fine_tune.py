@@ -407,7 +407,7 @@ def run(config, callbacks=()):
             return callbacks
         # The target is reached halfway through the phase; the rest recovers. (Keras'
         # params count the epochs of earlier phases too, so the default would be later.)
-        steps = -(-splits.train_samples // dist.global_batch(data.batch_size))
+        steps = dist.steps_per_epoch(splits.train_samples, data.batch_size)
         pruning.end_step = max(1, steps * epochs // 2)
         compression_metrics.update(_prefixed("before_pruning", transfer.measure(
             model, test_images, y_true, data.batch_size)))

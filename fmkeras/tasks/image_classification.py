@@ -282,7 +282,7 @@ class ImageSplits:
     train_samples: int
     test_samples: int
     callbacks: list = dataclasses.field(default_factory=list)
-    steps_per_epoch: int | None = None  # set when ``train`` repeats without end
+    repeats: bool = False  # ``train`` repeats its epochs without end
     skipped_files: list = dataclasses.field(default_factory=list)  # unusable, left out
 
 
@@ -291,7 +291,9 @@ def make_datasets(config, repeat=False):
 
     With ``repeat``, a folder's training pipeline repeats its epochs without
     end (``fit`` then keeps one iterator and prepares the next epoch's first
-    batches while one ends) and ``steps_per_epoch`` says where epochs end.
+    batches while one ends), ``repeats`` is true, and ``fit`` needs
+    ``steps_per_epoch`` (:meth:`Distribution.steps_per_epoch`) to tell where
+    epochs end.
 
     ``data.path`` is a folder (see :func:`load_splits`) or a tfds name such as
     ``tfds:mnist`` (``train`` split for training and validation, ``test`` for
@@ -338,7 +340,7 @@ def make_datasets(config, repeat=False):
     test = image_data.image_dataset(test_index, cache=False, **common)
     return ImageSplits(train, val, test, train_index.class_names, len(train_index),
                        len(test_index), [counter.callback()],
-                       -(-len(train_index) // data.batch_size) if repeat else None, skipped)
+                       repeat, skipped)
 
 
 def skipped_files_section(paths, shown=20):
@@ -547,7 +549,7 @@ def run(config, callbacks=()):
             model = with_augmentation(model, data.augment.augmentation(), config.seed,
                                       data.rescale)
             rescale = 1.0  # the wrapped model takes [0, 255] pixels
-        steps = int(np.ceil(splits.train_samples / dist.global_batch(data.batch_size)))
+        steps = dist.steps_per_epoch(splits.train_samples, data.batch_size)
         lr = optimizers.learning_rate_schedule(
             train.learning_rate, train.schedule, total_steps=steps * train.epochs,
             warmup_steps=optimizers.warmup_steps_for(steps, train.warmup_epochs, train.epochs,
@@ -568,7 +570,7 @@ def run(config, callbacks=()):
         force_resume=config.force_resume, every_s=config.checkpoint_every_s)
     try:
         dist.fit(model, dist.dataset(splits.train), validation_data=splits.validation,
-                 epochs=train.epochs, steps_per_epoch=splits.steps_per_epoch,
+                 epochs=train.epochs, steps_per_epoch=steps if splits.repeats else None,
                  callbacks=callbacks, verbose=train.verbose, shuffle=False)
     finally:
         callbacks_lib.after_fit(callbacks)

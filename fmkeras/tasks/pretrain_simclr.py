@@ -151,7 +151,7 @@ def run(config, callbacks=()):
         model = SimCLR(encoder, model_config.projection_dim, model_config.hidden_dim,
                        model_config.temperature, model_config.views.augmentation(),
                        seed=config.seed)
-        steps = -(-splits.train_samples // dist.global_batch(data.batch_size))
+        steps = dist.steps_per_epoch(splits.train_samples, data.batch_size)
         lr = optimizers.learning_rate_schedule(train.learning_rate, train.schedule,
                                                total_steps=steps * train.epochs)
         model.compile(optimizer=optimizers.build_optimizer(train.optimizer, lr,

@@ -526,6 +526,21 @@ def jit_compile_auto(model_builder, sample_batch, loss="categorical_crossentropy
     return _JIT_CHOICES[key]
 
 
+def without_small_batches(dataset, size):
+    """``dataset`` without the batches of fewer than ``size`` examples.
+
+    Example:
+
+    >>> ds = tf.data.Dataset.range(9).batch(4)  # batches of 4, 4 and 1
+    >>> [len(b) for b in without_small_batches(ds, 2).as_numpy_iterator()]
+    [4, 4]
+    """
+    def large_enough(*batch):
+        return tf.shape(tf.nest.flatten(batch)[0])[0] >= size
+
+    return dataset.filter(large_enough)
+
+
 def build_before_fit(model, data):
     """Create a compiled model's optimizer, loss and metric variables before ``fit``.
 
@@ -603,10 +618,37 @@ class Distribution:
         """``run_dir`` on the chief, a temporary folder on other workers."""
         return worker_dir(run_dir, self.strategy)
 
+    def steps_per_epoch(self, samples, per_replica):
+        """Training steps of one pass over ``samples`` in :meth:`dataset`'s batches.
+
+        Every full global batch, and the last, partial one unless it has
+        fewer examples than there are replicas (:meth:`dataset` leaves that
+        one out).
+
+        Example:
+
+        >>> Distribution("none").steps_per_epoch(10, 4)
+        3
+        """
+        steps, left = divmod(samples, self.global_batch(per_replica))
+        return steps + (left >= self.replicas)
+
     def dataset(self, dataset, file_based=True, num_files=None):
-        """``dataset`` with the sharding policy for this strategy (a no-op on one worker)."""
-        if _num_workers() <= 1 or not isinstance(dataset, tf.data.Dataset):
-            return dataset  # one worker, or a Python iterator Keras wraps itself
+        """The training ``dataset`` for this strategy: sharded across workers, and
+        without batches too small to give every replica an example.
+
+        A last, partial batch of fewer examples than replicas would leave a
+        replica with an empty batch, whose batch-norm statistics (and
+        contrastive or GAN losses) are NaN; such a batch is dropped. On one
+        worker sharding is a no-op; a Python iterator is returned as it is
+        (Keras wraps it itself).
+        """
+        if not isinstance(dataset, tf.data.Dataset):
+            return dataset
+        if self.replicas > 1:
+            dataset = without_small_batches(dataset, self.replicas)
+        if _num_workers() <= 1:
+            return dataset
         return distribute_dataset(dataset, self.strategy, file_based, num_files)
 
     def fit(self, model, *args, **kwargs):
