@@ -204,15 +204,24 @@ _MIRRORED_SCRIPT = textwrap.dedent(
     # Losses are divided by the global batch: one SGD step on 2 replicas
     # moves the discriminator as one step on one device. A zero output kernel
     # makes the fakes independent of the (per-replica) latents.
-    single = build(tf.distribute.get_strategy(), keras.optimizers.SGD)
-    single.generator.get_layer("to_image").kernel.assign(
-        np.zeros(single.generator.get_layer("to_image").kernel.shape, "float32"))
-    mirrored = build(strategy, keras.optimizers.SGD)
-    mirrored.set_weights(single.get_weights())
-    for model in (single, mirrored):
-        model.fit(x[:8], batch_size=8, epochs=1, verbose=0, shuffle=False)
-    gap = max(float(np.abs(a.numpy() - b.numpy()).max()) for a, b in
-              zip(single.discriminator.weights, mirrored.discriminator.weights))
+    def gap_after_one_step(count):
+        single = build(tf.distribute.get_strategy(), keras.optimizers.SGD)
+        mirrored = build(strategy, keras.optimizers.SGD)
+        for model in (single, mirrored):  # builds the optimizers (Keras' first-batch
+            model.fit(x[:8], batch_size=8, epochs=1, verbose=0)  # build needs an even split)
+        single.generator.get_layer("to_image").kernel.assign(
+            np.zeros(single.generator.get_layer("to_image").kernel.shape, "float32"))
+        mirrored.set_weights(single.get_weights())
+        batch = tf.data.Dataset.from_tensor_slices(x[:count]).batch(count)
+        single.train_step(next(iter(batch)))
+        shares = next(iter(strategy.experimental_distribute_dataset(batch)))
+        strategy.run(mirrored.train_step, args=(shares,))
+        return max(float(np.abs(a.numpy() - b.numpy()).max()) for a, b in
+                   zip(single.discriminator.weights, mirrored.discriminator.weights))
+
+    gap = gap_after_one_step(8)
+    # Replicas of 4 and 3 images: each divides by the 7 of the step, not its count times 2.
+    uneven_gap = gap_after_one_step(7)
 
     # Mixed precision: an overflow on the second replica only must skip the
     # step for both networks on both replicas.
@@ -227,6 +236,7 @@ _MIRRORED_SCRIPT = textwrap.dedent(
         "finite": bool(all(np.isfinite(v[-1]) for v in history.values())),
         "all_moved": bool(all(moved)),
         "single_vs_mirrored_gap": gap,
+        "uneven_gap": uneven_gap,
         "skipped": not any(not np.array_equal(a, w.numpy())
                            for a, w in zip(before, mixed.trainable_weights)),
         "scales": [float(mixed.d_optimizer.dynamic_scale.numpy()),
@@ -253,7 +263,7 @@ def test_trains_under_mirrored_strategy_on_two_logical_cpus():
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["replicas"] == 2
     assert report["finite"] and report["all_moved"] and report["skipped"]
-    assert report["single_vs_mirrored_gap"] < 1e-5
+    assert report["single_vs_mirrored_gap"] < 1e-5 and report["uneven_gap"] < 1e-5
     d_scale, g_scale = report["scales"]
     assert d_scale == g_scale / 2  # only the discriminator overflowed
 
