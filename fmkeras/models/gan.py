@@ -39,8 +39,11 @@ def _all_replicas(flag):
     return tf.equal(failures, 0)
 
 
-def _sum_over_replicas(value):
-    """``value`` summed over the replicas (e.g. a last, partial batch split unevenly)."""
+def sum_over_replicas(value):
+    """``value`` summed over the replicas (e.g. a last, partial batch split unevenly).
+
+    Also used by :class:`fmkeras.models.SimCLR`; outside a strategy it is ``value``.
+    """
     ctx = tf.distribute.get_replica_context()
     if ctx is None or ctx.num_replicas_in_sync == 1:
         return value
@@ -351,7 +354,7 @@ class GAN(keras.Model):
     def train_step(self, data):
         real, labels = self._unpack(data)
         # The images of all replicas: a last, partial batch may leave one empty.
-        global_batch = tf.maximum(_sum_over_replicas(tf.cast(tf.shape(real)[0], "float32")), 1.0)
+        global_batch = tf.maximum(sum_over_replicas(tf.cast(tf.shape(real)[0], "float32")), 1.0)
         with tf.GradientTape() as d_tape, tf.GradientTape() as g_tape:
             d_losses, g_losses, real_logits, fake_logits = self._forward(real, labels, True)
             d_loss = tf.reduce_sum(d_losses) / global_batch

@@ -17,6 +17,7 @@ import keras
 from fmkeras._lazy import tf
 from fmkeras.data.augment import Augmentation, augment_images
 from fmkeras.models._checks import check_model
+from fmkeras.models.gan import sum_over_replicas
 
 # Random crops (zoom in up to 1/0.6), small shifts and rotations, flips, brightness.
 DEFAULT_AUGMENTATION = Augmentation(rotation_range=15.0, width_shift_range=0.1,
@@ -155,7 +156,7 @@ class SimCLR(keras.Model):
             # Replicas' gradients are summed; each replica's loss (negatives from its
             # own share of the batch) counts in proportion to its images, so the sum
             # is the mean over the global batch (a replica of one image counts 0).
-            total = tf.distribute.get_replica_context().all_reduce("sum", weight)
+            total = sum_over_replicas(weight)
             scaled = self.optimizer.scale_loss(loss * weight / tf.maximum(total, 1.0))
         grads = tape.gradient(scaled, self.trainable_variables)
         self.optimizer.apply(grads, self.trainable_variables)
