@@ -78,7 +78,11 @@ MIRRORED = TRAIN + textwrap.dedent("""
     finite = dist.fit(bn, dist.dataset(data), epochs=2, verbose=0).history["loss"]
     endless = dist.fit(bn, dist.dataset(data.repeat()), epochs=2, steps_per_epoch=steps,
                        verbose=0).history["loss"]
-    np.savez(sys.argv[1] + "/small_batches.npz", steps=steps, losses=finite + endless,
+    # A dataset smaller than one global batch: its first batch splits 2 / 1 over the
+    # replicas, which Keras' own build at the start of fit could not reduce.
+    uneven = dist.fit(bn, dist.dataset(data.unbatch().take(3).batch(8)), epochs=1,
+                      verbose=0).history["loss"]
+    np.savez(sys.argv[1] + "/small_batches.npz", steps=steps, losses=finite + endless + uneven,
              weights_finite=all(np.isfinite(w).all() for w in bn.get_weights()))
 """)
 
@@ -139,6 +143,7 @@ def test_mirrored_two_cpus_matches_single_device_on_global_batch(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     with np.load(tmp_path / "small_batches.npz") as small:
         assert int(small["steps"]) == 1  # the batch of 8; the batch of 1 is left out
+        assert len(small["losses"]) == 5  # 2 + 2 epochs, then the uneven dataset's 1
         assert np.isfinite(small["losses"]).all() and bool(small["weights_finite"])
 
 

@@ -186,6 +186,7 @@ _MIRRORED_SCRIPT = textwrap.dedent(
     import keras
     from fmkeras.models.dcgan import dcgan_discriminator, dcgan_generator
     from fmkeras.models.gan import GAN
+    from fmkeras.training.distribute import prepare_model
 
     def build(strategy, optimizer=keras.optimizers.Adam):
         with strategy.scope():
@@ -207,8 +208,9 @@ _MIRRORED_SCRIPT = textwrap.dedent(
     def gap_after_one_step(count):
         single = build(tf.distribute.get_strategy(), keras.optimizers.SGD)
         mirrored = build(strategy, keras.optimizers.SGD)
-        for model in (single, mirrored):  # builds the optimizers (Keras' first-batch
-            model.fit(x[:8], batch_size=8, epochs=1, verbose=0)  # build needs an even split)
+        for model in (single, mirrored):  # builds the optimizers; with 7 images the
+            prepare_model(model)  # mirrored fit's first batch splits 4 / 3 (Keras'
+            model.fit(x[:count], batch_size=8, epochs=1, verbose=0)  # own build fails)
         single.generator.get_layer("to_image").kernel.assign(
             np.zeros(single.generator.get_layer("to_image").kernel.shape, "float32"))
         mirrored.set_weights(single.get_weights())

@@ -345,14 +345,17 @@ def distribute_dataset(dataset, strategy=None, file_based=True, num_files=None):
 
 
 def prepare_model(model, strategy=None):
-    """Make ``model.fit``/``evaluate`` work under ``MultiWorkerMirroredStrategy``.
+    """Make ``model.fit``/``evaluate`` work under strategies of several replicas.
 
-    Keras 3 has two bugs with this strategy (keras-team/keras#20585): it
-    builds the model by calling ``strategy.reduce`` on the whole ``(x, y)``
-    structure, and it reduces the scalar logs of each step over axis 0.
-    This builds from the first replica's batch (only shapes are needed) and
-    returns the logs as length-1 vectors. A no-op for every other
-    strategy; call it after ``compile``.
+    Keras 3 builds a model at the start of ``fit`` by calling
+    ``strategy.reduce("MEAN", ...)`` on a whole first batch, which fails when
+    that batch splits unevenly across replicas (7 examples on 2 replicas: 4
+    and 3) and always under ``MultiWorkerMirroredStrategy``
+    (keras-team/keras#20585); only shapes are needed, so this builds from the
+    first replica's batch. Under ``MultiWorkerMirroredStrategy`` Keras also
+    reduces the scalar logs of each step over axis 0; they are returned as
+    length-1 vectors. A no-op for a strategy of one replica; call it after
+    ``compile``.
 
     Args:
         model: keras.Model. Created under ``strategy.scope()``.
@@ -368,8 +371,9 @@ def prepare_model(model, strategy=None):
     >>> prepare_model(model) is model
     True
     """
-    strategy = strategy or tf.distribute.get_strategy()
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    strategy = (strategy or getattr(model, "_distribute_strategy", None)
+                or tf.distribute.get_strategy())
+    if strategy.num_replicas_in_sync <= 1:
         return model
     build = model._maybe_symbolic_build
 
@@ -385,6 +389,10 @@ def prepare_model(model, strategy=None):
                 break
         return build(data_batch=data_batch)
 
+    model._maybe_symbolic_build = maybe_symbolic_build
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return model
+
     def rank_one(step):
         # Keras reduces multi-worker step outputs with ``MEAN`` over axis 0,
         # which fails on the scalar logs; a length-1 vector means the same.
@@ -394,7 +402,6 @@ def prepare_model(model, strategy=None):
                 step(data))
         return wrapped
 
-    model._maybe_symbolic_build = maybe_symbolic_build
     model.train_step = rank_one(model.train_step)
     model.test_step = rank_one(model.test_step)
     return model
@@ -618,35 +625,66 @@ class Distribution:
         """``run_dir`` on the chief, a temporary folder on other workers."""
         return worker_dir(run_dir, self.strategy)
 
-    def steps_per_epoch(self, samples, per_replica):
+    def smallest_batch(self, min_batch=None):
+        """The fewest examples :meth:`dataset` keeps in a training batch.
+
+        ``min_batch`` (default 1), and at least one example per replica.
+
+        Example:
+
+        >>> Distribution("none").smallest_batch(), Distribution("none").smallest_batch(2)
+        (1, 2)
+        """
+        return max(self.replicas, min_batch or 1)
+
+    def steps_per_epoch(self, samples, per_replica, min_batch=None):
         """Training steps of one pass over ``samples`` in :meth:`dataset`'s batches.
 
         Every full global batch, and the last, partial one unless it has
-        fewer examples than there are replicas (:meth:`dataset` leaves that
-        one out).
+        fewer examples than :meth:`smallest_batch` (:meth:`dataset` leaves
+        that one out).
 
         Example:
 
         >>> Distribution("none").steps_per_epoch(10, 4)
         3
+        >>> Distribution("none").steps_per_epoch(9, 4, min_batch=2)
+        2
         """
         steps, left = divmod(samples, self.global_batch(per_replica))
-        return steps + (left >= self.replicas)
+        return steps + (left >= self.smallest_batch(min_batch))
 
-    def dataset(self, dataset, file_based=True, num_files=None):
+    def dataset(self, dataset, file_based=True, num_files=None, min_batch=None, steps=None):
         """The training ``dataset`` for this strategy: sharded across workers, and
         without batches too small to give every replica an example.
 
         A last, partial batch of fewer examples than replicas would leave a
         replica with an empty batch, whose batch-norm statistics (and
-        contrastive or GAN losses) are NaN; such a batch is dropped. On one
-        worker sharding is a no-op; a Python iterator is returned as it is
-        (Keras wraps it itself).
+        contrastive or GAN losses) are NaN; such a batch is dropped, as is
+        one of fewer than ``min_batch`` examples (contrastive learning needs
+        2 images on some replica: ``min_batch=replicas + 1``). Dropping makes
+        the number of batches unknown to Keras (its progress bar has no end
+        and the first epoch warns that the input "ran out of data"), so pass
+        ``steps`` (:meth:`steps_per_epoch`) to declare it again for a finite
+        dataset. On one worker sharding is a no-op; a Python iterator is
+        returned as it is (Keras wraps it itself).
+
+        Example:
+
+        >>> data = tf.data.Dataset.range(9).batch(4)  # batches of 4, 4 and 1
+        >>> kept = Distribution("none").dataset(data, min_batch=2, steps=2)
+        >>> int(kept.cardinality()), [len(b) for b in kept]
+        (2, [4, 4])
         """
         if not isinstance(dataset, tf.data.Dataset):
             return dataset
-        if self.replicas > 1:
-            dataset = without_small_batches(dataset, self.replicas)
+        smallest = self.smallest_batch(min_batch)
+        if smallest > 1:
+            finite = int(dataset.cardinality()) >= 0
+            dataset = without_small_batches(dataset, smallest)
+            if finite and steps is not None and _num_workers() <= 1:
+                # A wrong count fails at the end of the first epoch, not silently.
+                dataset = dataset.apply(tf.data.experimental.assert_cardinality(steps))
         if _num_workers() <= 1:
             return dataset
         return distribute_dataset(dataset, self.strategy, file_based, num_files)
