@@ -160,12 +160,15 @@ def test_without_validation_there_is_no_validation_loss(tmp_path):
     data = write_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=4, size=(16, 16))
     (tmp_path / "imgs" / "b" / "empty.png").write_bytes(b"")  # skipped, and reported
     run_dir = tmp_path / "simclr"
+    # Eight images in batches of 7: the last batch, a single image, has no negatives
+    # and is left out rather than stepping the optimizer on a zero gradient.
     config = config_lib.load_config(task.PretrainSimCLRConfig, "digits_simclr", [
-        f"data.path={data}", f"run_dir={run_dir}", "data.batch_size=4", "train.epochs=1",
+        f"data.path={data}", f"run_dir={run_dir}", "data.batch_size=7", "train.epochs=1",
         "data.validation_split=0", "model.projection_dim=8", "model.hidden_dim=16",
         "data.max_bad_fraction=0.2", "train.verbose=0"])
     with pytest.warns(UserWarning, match="empty.png: empty file"):
-        task.run(config)
+        result = task.run(config)
+    assert int(result.model.optimizer.iterations) == 1
     text = (run_dir / "metrics.json").read_text()
     metrics = json.loads(text)
     assert "NaN" not in text and "final_val_loss" not in metrics

@@ -569,7 +569,7 @@ def run(config, callbacks=()):
         identity={**resume_identity(config, splits), "replicas": dist.replicas},
         force_resume=config.force_resume, every_s=config.checkpoint_every_s)
     try:
-        dist.fit(model, dist.dataset(splits.train), validation_data=splits.validation,
+        dist.fit(model, dist.dataset(splits.train, steps=steps), validation_data=splits.validation,
                  epochs=train.epochs, steps_per_epoch=steps if splits.repeats else None,
                  callbacks=callbacks, verbose=train.verbose, shuffle=False)
     finally:

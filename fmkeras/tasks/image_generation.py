@@ -425,7 +425,8 @@ def run(config, callbacks=()):
     extractor = (make_extractor(config, train_ds, image_shape, num_classes, run_dir)
                  if config.evaluation.extractor == "inception" else None)
     try:
-        dist.fit(gan, dist.dataset(gan_ds), epochs=t.epochs,
+        steps = dist.steps_per_epoch(len(train_index), data.batch_size)
+        dist.fit(gan, dist.dataset(gan_ds, steps=steps), epochs=t.epochs,
                  callbacks=fit_callbacks, verbose=t.verbose, shuffle=False)
     finally:
         callbacks_lib.after_fit(fit_callbacks)

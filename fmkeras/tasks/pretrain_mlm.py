@@ -125,6 +125,14 @@ def validate_data(config):
 BUCKET_WIDTH = 8
 
 
+def _batch_count(ids, batch_size, min_batch=1):
+    """Batches of :func:`_dataset`: every length bucket's full batches, and its
+    last, partial one if it has ``min_batch`` texts or more."""
+    lengths = np.count_nonzero(np.asarray(ids) > 0, axis=1)
+    sizes = np.bincount(np.maximum(lengths - 1, 0) // BUCKET_WIDTH)
+    return int(np.sum(sizes // batch_size + (sizes % batch_size >= min_batch)))
+
+
 def _dataset(ids, config, mask_id, vocab_size, shuffle, seed_offset, batch_size):
     """Batches of ``(inputs, labels, weights)``, grouped by length and cut to it.
 
@@ -144,10 +152,8 @@ def _dataset(ids, config, mask_id, vocab_size, shuffle, seed_offset, batch_size)
         lambda row: tf.maximum(length(row) - 1, 0) // BUCKET_WIDTH,
         lambda _, window: window.batch(batch_size), window_size=batch_size)
     # Known in advance (each bucket's size is): Keras then sees the epoch's length.
-    lengths = np.count_nonzero(np.asarray(ids) > 0, axis=1)
-    sizes = np.bincount(np.maximum(lengths - 1, 0) // BUCKET_WIDTH)
-    batches = int(np.sum(-(-sizes // batch_size)))
-    ds = ds.apply(tf.data.experimental.assert_cardinality(batches)).enumerate()
+    ds = ds.apply(tf.data.experimental.assert_cardinality(
+        _batch_count(ids, batch_size))).enumerate()
 
     def corrupt(step, batch):
         longest = tf.reduce_max(tf.reduce_sum(tf.cast(batch > 0, tf.int32), axis=1))
@@ -204,7 +210,9 @@ def run(config, callbacks=()):
     mask_id, vocab_size = len(vocabulary) - 1, len(vocabulary)
     to_ids = lambda items: vectorizer(tf.constant(items)).numpy()  # noqa: E731
     batch = dist.global_batch(data.batch_size)
-    train_ds = _dataset(to_ids(train_texts), config, mask_id, vocab_size, True, 0, batch)
+    train_ids = to_ids(train_texts)
+    train_ds = _dataset(train_ids, config, mask_id, vocab_size, True, 0, batch)
+    steps = _batch_count(train_ids, batch, dist.smallest_batch())
     val_ds = _dataset(to_ids(val_texts), config, mask_id, vocab_size, False, 1, batch)
 
     m = config.model
@@ -226,7 +234,8 @@ def run(config, callbacks=()):
                                                         every_s=config.checkpoint_every_s),
                      *callbacks]
     try:
-        dist.fit(model, dist.dataset(train_ds, file_based=False), validation_data=val_ds,
+        dist.fit(model, dist.dataset(train_ds, file_based=False, steps=steps),
+                 validation_data=val_ds,
                  epochs=train.epochs, callbacks=fit_callbacks, verbose=train.verbose,
                  shuffle=False)
     finally:

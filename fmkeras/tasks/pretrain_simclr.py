@@ -151,7 +151,11 @@ def run(config, callbacks=()):
         model = SimCLR(encoder, model_config.projection_dim, model_config.hidden_dim,
                        model_config.temperature, model_config.views.augmentation(),
                        seed=config.seed)
-        steps = dist.steps_per_epoch(splits.train_samples, data.batch_size)
+        # A batch with no replica holding two images has no negatives to learn
+        # from: it would step the optimizer on a zero gradient (momentum still
+        # moves the weights), so it is left out.
+        min_batch = dist.replicas + 1
+        steps = dist.steps_per_epoch(splits.train_samples, data.batch_size, min_batch)
         lr = optimizers.learning_rate_schedule(train.learning_rate, train.schedule,
                                                total_steps=steps * train.epochs)
         model.compile(optimizer=optimizers.build_optimizer(train.optimizer, lr,
@@ -168,9 +172,9 @@ def run(config, callbacks=()):
                                            every_s=config.checkpoint_every_s),
         callbacks_lib.EpochSeeds(config.seed), *splits.callbacks, *callbacks]
     try:
-        dist.fit(model, dist.dataset(splits.train), validation_data=splits.validation,
-                 epochs=train.epochs, callbacks=fit_callbacks, verbose=train.verbose,
-                 shuffle=False)
+        dist.fit(model, dist.dataset(splits.train, min_batch=min_batch, steps=steps),
+                 validation_data=splits.validation, epochs=train.epochs,
+                 callbacks=fit_callbacks, verbose=train.verbose, shuffle=False)
     finally:
         callbacks_lib.after_fit(fit_callbacks)
 

@@ -254,7 +254,8 @@ def run(config, callbacks=()):
                          "batch_size": data.batch_size, "classes": list(class_names),
                          "train_samples": len(splits["train"])}}
     fit_text_model(model, config, run_dir, dataset("train", shuffle=True),
-                   dataset("validation"), identity, callbacks, dist=dist)
+                   dataset("validation"), identity, callbacks, dist=dist,
+                   train_samples=len(splits["train"]))
 
     test = dataset("test")
     test_loss, _ = model.evaluate(test, verbose=0)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import os
 
-import numpy as np
 import tensorflow as tf
 
 from fmkeras import config as config_lib
@@ -155,8 +154,8 @@ def compile_text_model(model, config, train_samples, metrics=("accuracy",), dist
     ('Adam', 'SparseCategoricalCrossentropy')
     """
     train = config.train
-    batch = dist.global_batch(config.data.batch_size) if dist else config.data.batch_size
-    steps = int(np.ceil(train_samples / batch))
+    steps = (dist or distribute.Distribution("none")).steps_per_epoch(
+        train_samples, config.data.batch_size)
     lr = optimizers.learning_rate_schedule(
         train.learning_rate, train.schedule, total_steps=steps * train.epochs,
         warmup_steps=optimizers.warmup_steps_for(steps, train.warmup_epochs, train.epochs,
@@ -168,8 +167,13 @@ def compile_text_model(model, config, train_samples, metrics=("accuracy",), dist
 
 
 def fit_text_model(model, config, run_dir, train_ds, val_ds, identity, callbacks=(),
-                   dist=None):
-    """``model.fit`` (under ``dist``) with the standard callbacks; then reload the best weights."""
+                   dist=None, train_samples=None):
+    """``model.fit`` (under ``dist``) with the standard callbacks; then reload the best weights.
+
+    ``train_samples`` (the examples in ``train_ds``, batched by the global
+    batch) tells Keras the epoch's length under a strategy of several
+    replicas, where :meth:`Distribution.dataset` may drop the last batch.
+    """
     dist = dist or distribute.Distribution("none")
     identity = {**identity, "replicas": dist.replicas}
     resume = callbacks_lib.prepare_resume(run_dir)
@@ -179,9 +183,11 @@ def fit_text_model(model, config, run_dir, train_ds, val_ds, identity, callbacks
         reduce_lr_patience=2 if config.train.schedule == "plateau" else None, resume=resume,
         extra=list(callbacks), seed=config.seed, identity=identity,
         force_resume=config.force_resume, every_s=config.checkpoint_every_s)
+    steps = (dist.steps_per_epoch(train_samples, config.data.batch_size)
+             if train_samples is not None else None)
     try:
-        dist.fit(model, dist.dataset(train_ds, file_based=False), validation_data=val_ds,
-                 epochs=config.train.epochs, callbacks=callbacks,
+        dist.fit(model, dist.dataset(train_ds, file_based=False, steps=steps),
+                 validation_data=val_ds, epochs=config.train.epochs, callbacks=callbacks,
                  verbose=config.train.verbose, shuffle=False)
     finally:
         callbacks_lib.after_fit(callbacks)
@@ -374,7 +380,8 @@ def run(config, callbacks=()):
                 "data": {"path": data.path, "sequence_length": data.sequence_length,
                          "batch_size": data.batch_size, "train_samples": len(splits["train"])}}
     fit_text_model(model, config, run_dir, dataset("train", shuffle=True),
-                   dataset("validation"), identity, callbacks, dist=dist)
+                   dataset("validation"), identity, callbacks, dist=dist,
+                   train_samples=len(splits["train"]))
 
     test_loss, test_accuracy = model.evaluate(dataset("test"), verbose=0)
     decode = config.decode
