@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fmkeras.errors import ConfigError
+from fmkeras.errors import ConfigError, DataError
 from fmkeras.training import distribute
 
 # One epoch of a tiny MLP on fixed arrays; weights saved to argv[2].
@@ -222,6 +222,17 @@ def test_global_batch_size_and_errors(monkeypatch):
         with pytest.raises(ConfigError, match=r"task must name one of its cluster's hosts. "
                                               r"Expected task.type among \['worker'\]"):
             distribute.make_strategy("multi_worker")
+
+
+def test_steps_per_epoch_counts_kept_batches_and_names_too_few_examples():
+    dist = distribute.Distribution("none")
+    assert dist.steps_per_epoch(9, 4) == 3 and dist.steps_per_epoch(9, 4, min_batch=2) == 2
+    with pytest.raises(DataError, match=r"Expected at least 2 training examples for one "
+                                        r"training batch on 1 replica\(s\). Received: 1"):
+        dist.steps_per_epoch(1, 4, min_batch=2)
+    # A dataset of 9 in batches of 4 keeps 2, and says so (Keras sees the epoch's length).
+    kept = dist.dataset(tf.data.Dataset.range(9).batch(4), min_batch=2, steps=2)
+    assert int(kept.cardinality()) == 2 and [len(b) for b in kept] == [4, 4]
 
 
 def test_cpu_replicas_asked_for_after_tensorflow_started_are_named(monkeypatch):

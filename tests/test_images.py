@@ -136,6 +136,11 @@ def test_dataset_arguments_that_would_fail_later_are_named(tmp_path):
     with pytest.raises(DataError, match=r"leaves no image for validation \(images per class: "
                                         r"\[1, 1, 1\]\)"):
         images.image_dataset(root, 8, validation_split=0.2, subset="both")
+    # A task's test split names its own setting (it used to say validation_split).
+    with pytest.raises(DataError, match=r"data.test_split=0.2 leaves no image for test"):
+        images.split_index(images.index_directory(root), 0.2, 0, "data.test_split")
+    with pytest.raises(DataError, match=r"Expected data.test_split in \[0, 1\)"):
+        images.split_index(images.index_directory(root), 1.0, 0, "data.test_split")
     with pytest.raises(DataError, match="Received: validation_split='0.2'"):
         images.image_dataset(root, 8, validation_split="0.2", subset="both")
     for bad in (2, 0):

@@ -301,14 +301,13 @@ def validate_index(index, max_bad_fraction=0.05, decode=True, skipped=None):
                                labels=index.labels[good])
 
 
-def _check_split(validation_split):
+def _check_split(validation_split, name="validation_split"):
     if (isinstance(validation_split, bool) or not isinstance(validation_split, (int, float))
             or not 0 <= validation_split < 1):
-        raise DataError(
-            f"Expected validation_split in [0, 1). Received: validation_split={validation_split!r}")
+        raise DataError(f"Expected {name} in [0, 1). Received: {name}={validation_split!r}")
 
 
-def split_index(index, validation_split, seed):
+def split_index(index, validation_split, seed, name="validation_split"):
     """Split a :class:`DirectoryIndex` into (train, validation) by a fixed seed.
 
     The split is stratified: each class gives the same fraction (at least one
@@ -319,6 +318,8 @@ def split_index(index, validation_split, seed):
         index: a :class:`DirectoryIndex`.
         validation_split: float in ``[0, 1)``. Fraction for validation.
         seed: int. Seed of the permutation.
+        name: str. The setting ``validation_split`` came from, for error
+            messages (``"data.test_split"`` when the split is the test set).
 
     Returns:
         ``(train_index, validation_index)``; the second is ``None`` when
@@ -330,7 +331,7 @@ def split_index(index, validation_split, seed):
     >>> len(val) > 100
     True
     """
-    _check_split(validation_split)
+    _check_split(validation_split, name)
     if not validation_split:
         return index, None
     rng = np.random.default_rng(seed)
@@ -343,7 +344,8 @@ def split_index(index, validation_split, seed):
         val_rows.extend(rng.permutation(rows)[:count].tolist())
     if not val_rows:
         counts = np.bincount(index.labels, minlength=len(index.class_names)).tolist()
-        raise DataError(f"validation_split={validation_split} leaves no image for validation "
+        part = "test" if "test" in name else "validation"
+        raise DataError(f"{name}={validation_split} leaves no image for {part} "
                         f"(images per class: {counts}). Expected a class with at least 2 "
                         f"images, or a larger split")
     val_mask = np.zeros(len(index), bool)

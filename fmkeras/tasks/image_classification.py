@@ -261,13 +261,15 @@ def load_splits(data_config, seed, skipped=None):
             test = check(image_data.index_directory(test_dir, classes=train.class_names,
                                                     allow_empty_classes=True))
         else:
-            train, test = image_data.split_index(train, data_config.test_split, seed)
+            train, test = image_data.split_index(train, data_config.test_split, seed,
+                                                 "data.test_split")
     else:
         train, test = image_data.split_index(check(image_data.index_directory(root)),
-                                             data_config.test_split, seed)
+                                             data_config.test_split, seed, "data.test_split")
     if test is None:
         raise DataError(f"No test images: {root!r} has no test/ folder and data.test_split=0.")
-    train, val = image_data.split_index(train, data_config.validation_split, seed + 1)
+    train, val = image_data.split_index(train, data_config.validation_split, seed + 1,
+                                         "data.validation_split")
     return train, val, test
 
 

@@ -188,7 +188,7 @@ def load_splits(data_config, seed, skipped=None):
                                           allow_empty_classes=True)
         return train, image_data.validate_index(test, skipped=skipped)
     train = _index(train_dir if os.path.isdir(train_dir) else root, skipped)
-    return image_data.split_index(train, data_config.test_split, seed)
+    return image_data.split_index(train, data_config.test_split, seed, "data.test_split")
 
 
 def scaled_dataset(index, data, shuffle, seed):

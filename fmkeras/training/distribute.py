@@ -37,7 +37,7 @@ import warnings
 import tensorflow as tf
 
 from fmkeras.config import is_count
-from fmkeras.errors import ConfigError, FmkerasError
+from fmkeras.errors import ConfigError, DataError, FmkerasError
 
 STRATEGIES = ("auto", "none", "mirrored", "multi_worker", "tpu")
 
@@ -644,6 +644,10 @@ class Distribution:
         fewer examples than :meth:`smallest_batch` (:meth:`dataset` leaves
         that one out).
 
+        Raises:
+            DataError: not even one batch is kept (fewer ``samples`` than
+                :meth:`smallest_batch`).
+
         Example:
 
         >>> Distribution("none").steps_per_epoch(10, 4)
@@ -652,7 +656,12 @@ class Distribution:
         2
         """
         steps, left = divmod(samples, self.global_batch(per_replica))
-        return steps + (left >= self.smallest_batch(min_batch))
+        steps += left >= self.smallest_batch(min_batch)
+        if not steps:
+            raise DataError(
+                f"Expected at least {self.smallest_batch(min_batch)} training examples for "
+                f"one training batch on {self.replicas} replica(s). Received: {samples}")
+        return steps
 
     def dataset(self, dataset, file_based=True, num_files=None, min_batch=None, steps=None):
         """The training ``dataset`` for this strategy: sharded across workers, and
