@@ -336,12 +336,16 @@ def distribute_dataset(dataset, strategy=None, file_based=True, num_files=None):
     'DATA'
     """
     del strategy  # the worker count comes from TF_CONFIG, the same for every strategy
-    enough = num_files is None or num_files >= _num_workers()
-    policy = (tf.data.experimental.AutoShardPolicy.AUTO if file_based and enough
-              else tf.data.experimental.AutoShardPolicy.DATA)
     options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = policy
+    options.experimental_distribute.auto_shard_policy = _shard_policy(file_based, num_files)
     return dataset.with_options(options)
+
+
+def _shard_policy(file_based, num_files):
+    """:func:`distribute_dataset`'s ``auto_shard_policy``."""
+    enough = num_files is None or num_files >= _num_workers()
+    return (tf.data.experimental.AutoShardPolicy.AUTO if file_based and enough
+            else tf.data.experimental.AutoShardPolicy.DATA)
 
 
 def prepare_model(model, strategy=None):
@@ -588,6 +592,11 @@ def build_before_fit(model, data):
         pass
 
 
+# Public classes whose Python class has another name (TPUStrategyV2, ...).
+_PUBLIC_STRATEGIES = ("MirroredStrategy", "MultiWorkerMirroredStrategy", "TPUStrategy",
+                      "OneDeviceStrategy")
+
+
 class Distribution:
     """What a task needs from its strategy, in one object.
 
@@ -687,14 +696,20 @@ class Distribution:
         """
         if not isinstance(dataset, tf.data.Dataset):
             return dataset
+        workers = _num_workers()
         smallest = self.smallest_batch(min_batch)
         if smallest > 1:
             finite = int(dataset.cardinality()) >= 0
             dataset = without_small_batches(dataset, smallest)
-            if finite and steps is not None and _num_workers() <= 1:
+            # Every worker runs this whole pipeline when the data is sharded by
+            # DATA (each keeps its share of every batch); sharded by FILE, each
+            # reads fewer batches than ``steps``, so the count is not declared.
+            by_data = (workers <= 1 or _shard_policy(file_based, num_files)
+                       == tf.data.experimental.AutoShardPolicy.DATA)
+            if finite and steps is not None and by_data:
                 # A wrong count fails at the end of the first epoch, not silently.
                 dataset = dataset.apply(tf.data.experimental.assert_cardinality(steps))
-        if _num_workers() <= 1:
+        if workers <= 1:
             return dataset
         return distribute_dataset(dataset, self.strategy, file_based, num_files)
 
@@ -708,5 +723,16 @@ class Distribution:
             return model.fit(*args, **kwargs)
 
     def describe(self):
-        """A dict for ``metrics.json``: strategy class, replicas, chief."""
-        return {"strategy": type(self.strategy).__name__, "replicas": self.replicas}
+        """A dict for ``metrics.json``: the strategy's public ``tf.distribute`` name
+        (``MultiWorkerMirroredStrategy``, not its class ``CollectiveAllReduceStrategy``)
+        and the replicas.
+
+        Example:
+
+        >>> Distribution("none").describe()["replicas"]
+        1
+        """
+        kind = type(self.strategy)
+        name = next((n for n in _PUBLIC_STRATEGIES if getattr(tf.distribute, n) is kind),
+                    kind.__name__)
+        return {"strategy": name, "replicas": self.replicas}
