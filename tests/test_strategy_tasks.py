@@ -7,6 +7,7 @@ the strategy and replica count it trained with.
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -19,18 +20,17 @@ SCRIPT = textwrap.dedent("""
     import json, sys
     from fmkeras.train import load_task_config
 
-    runs = json.loads(sys.argv[1])
+    runs, strategy = json.loads(sys.argv[1]), sys.argv[2]
     results = {}
     for task, overrides in runs.items():
-        module, config = load_task_config(task, overrides=overrides, strategy="mirrored")
+        module, config = load_task_config(task, overrides=overrides, strategy=strategy)
         results[task] = module.run(config).metrics
     print("RESULTS" + json.dumps(results, default=str))
 """)
 
 
-@pytest.fixture(scope="module")
-def mirrored_runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("strategy")
+def task_runs(root):
+    """Tiny data under ``root`` and each task's overrides (its run_dir under ``root``)."""
     images = write_image_folder(root / "imgs", classes=("a", "b"), per_class=8, size=(16, 16))
     tsv = root / "texts.tsv"
     rows = ["text\tlabel"] + [f"{w} {w} uno dos\tes" for w in "abcdefghij"] + \
@@ -69,12 +69,17 @@ def mirrored_runs(tmp_path_factory):
                       "compression.prune_sparsity=0.5",
                       "train.unfreeze_layers=2", "export.enabled=false"],
     }
-    runs = {task: [*overrides, *quiet, f"run_dir={root / task}"]
+    return {task: [*overrides, *quiet, f"run_dir={root / task}"]
             for task, overrides in runs.items()}
+
+
+@pytest.fixture(scope="module")
+def mirrored_runs(tmp_path_factory):
+    runs = task_runs(tmp_path_factory.mktemp("strategy"))
     env = {**os.environ, "FMKERAS_CPU_REPLICAS": "2", "TF_CPP_MIN_LOG_LEVEL": "2",
            "PYTHONPATH": REPO}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(runs)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(runs), "mirrored"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # The batches Distribution.dataset keeps are counted, so Keras knows each epoch's length.
     assert "ran out of data" not in proc.stderr, proc.stderr[-3000:]
@@ -99,3 +104,42 @@ def test_pruning_under_mirrored_strategy_reaches_its_target(mirrored_runs):
     metrics = mirrored_runs["fine-tune"]
     assert metrics["pruned_layers"] >= 1
     assert metrics["pruned_sparsity"] == pytest.approx(0.5, abs=0.01)
+
+
+def _free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", TASKS)
+def test_every_task_trains_on_two_localhost_workers(tmp_path, task):
+    # MultiWorkerMirroredStrategy, one replica per worker process, one task per
+    # process, as a user runs it with TF_CONFIG. Slow (two processes per task), so
+    # it runs with --runslow; tests/test_distribute.py covers the strategy itself.
+    runs = {task: task_runs(tmp_path)[task]}
+    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
+    procs = []
+    for index in range(2):
+        config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        env = {**os.environ, "TF_CONFIG": json.dumps(config), "TF_CPP_MIN_LOG_LEVEL": "2",
+               "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": REPO}
+        procs.append(subprocess.Popen(
+            [sys.executable, "-c", SCRIPT, json.dumps(runs), "multi_worker"], cwd=REPO,
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [proc.communicate(timeout=600) for proc in procs]
+    for proc, (out, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err[-3000:]
+        line = next(x for x in out.splitlines() if x.startswith("RESULTS"))
+        metrics = json.loads(line[len("RESULTS"):])[task]
+        assert metrics["strategy"] == "MultiWorkerMirroredStrategy"
+        assert metrics["replicas"] == 2
+        numbers = [v for v in metrics.values() if isinstance(v, float)]
+        assert numbers and all(np.isfinite(numbers)), metrics
+    # Only the chief (worker 0) wrote into the run directory.
+    assert (tmp_path / task / "metrics.json").exists()
