@@ -1,6 +1,7 @@
 """Shared fixtures: tiny image folders, dtype-policy hygiene, the --runslow flag."""
 
 import os
+import socket
 
 import keras
 import numpy as np
@@ -107,6 +108,17 @@ def load_script(*parts):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def free_ports(count):
+    """``count`` distinct free localhost ports (for multi-worker ``TF_CONFIG`` clusters)."""
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
 
 
 def write_image_folder(root, classes=("a", "b"), per_class=4, size=(12, 10), mode="RGB",

@@ -7,7 +7,6 @@ strategy run happens in a fresh Python process.
 import json
 import os
 import select
-import socket
 import subprocess
 import sys
 import textwrap
@@ -17,6 +16,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import free_ports
 
 from fmkeras.errors import ConfigError, DataError
 from fmkeras.training import distribute
@@ -99,16 +99,6 @@ WORKER = TRAIN + textwrap.dedent("""
 """)
 
 
-def _free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def _env(extra=None):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     env.pop("TF_CONFIG", None)
@@ -117,7 +107,7 @@ def _env(extra=None):
 
 
 def _workers(tmp_path, sleep, timeout, count=2):
-    ports = _free_ports(count)
+    ports = free_ports(count)
     cluster = {"worker": [f"localhost:{p}" for p in ports]}
     procs = []
     for i in range(count):
@@ -316,7 +306,7 @@ TASK_WORKER = textwrap.dedent("""
 
 
 def _task_workers(data, run_dir, epochs, interrupt_at):
-    ports = _free_ports(2)
+    ports = free_ports(2)
     cluster = {"worker": [f"localhost:{p}" for p in ports]}
     procs = [subprocess.Popen(
         [sys.executable, "-c", TASK_WORKER, data, run_dir, str(epochs), str(interrupt_at)],

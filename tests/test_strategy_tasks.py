@@ -7,14 +7,13 @@ the strategy and replica count it trained with.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
 import pytest
-from conftest import REPO, write_image_folder
+from conftest import REPO, free_ports, write_image_folder
 
 SCRIPT = textwrap.dedent("""
     import json, sys
@@ -106,16 +105,6 @@ def test_pruning_under_mirrored_strategy_reaches_its_target(mirrored_runs):
     assert metrics["pruned_sparsity"] == pytest.approx(0.5, abs=0.01)
 
 
-def _free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("task", TASKS)
 def test_every_task_trains_on_two_localhost_workers(tmp_path, task):
@@ -123,7 +112,7 @@ def test_every_task_trains_on_two_localhost_workers(tmp_path, task):
     # process, as a user runs it with TF_CONFIG. Slow (two processes per task), so
     # it runs with --runslow; tests/test_distribute.py covers the strategy itself.
     runs = {task: task_runs(tmp_path)[task]}
-    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
+    cluster = {"worker": [f"localhost:{port}" for port in free_ports(2)]}
     procs = []
     for index in range(2):
         config = {"cluster": cluster, "task": {"type": "worker", "index": index}}

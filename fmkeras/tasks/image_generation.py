@@ -424,8 +424,8 @@ def run(config, callbacks=()):
     # (one line on what to do), not after the GAN has trained.
     extractor = (make_extractor(config, train_ds, image_shape, num_classes, run_dir)
                  if config.evaluation.extractor == "inception" else None)
+    steps = dist.steps_per_epoch(len(train_index), data.batch_size)
     try:
-        steps = dist.steps_per_epoch(len(train_index), data.batch_size)
         dist.fit(gan, dist.dataset(gan_ds, steps=steps), epochs=t.epochs,
                  callbacks=fit_callbacks, verbose=t.verbose, shuffle=False)
     finally:
