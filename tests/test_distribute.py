@@ -30,7 +30,7 @@ TRAIN = textwrap.dedent("""
     from fmkeras import models
     from fmkeras.training import distribute
 
-    def train(strategy, out, per_replica, sleep=0.0, epochs=1):
+    def train(strategy, out, per_replica, sleep=0.0, epochs=1, hidden=(8,)):
         keras.utils.set_random_seed(0)
         rng = np.random.default_rng(0)
         x = rng.normal(size=(64, 6)).astype("float32")
@@ -39,7 +39,7 @@ TRAIN = textwrap.dedent("""
         ds = distribute.distribute_dataset(
             tf.data.Dataset.from_tensor_slices((x, y)).batch(batch), strategy, file_based=False)
         with strategy.scope():
-            model = models.mlp((6,), (8,), 3)
+            model = models.mlp((6,), hidden, 3)
             model.compile(optimizer=keras.optimizers.SGD(0.1),
                           loss="categorical_crossentropy", metrics=["accuracy"])
         distribute.prepare_model(model, strategy)
@@ -95,6 +95,13 @@ WORKER = TRAIN + textwrap.dedent("""
         sys.stdout.flush()
         import os
         os._exit(3)
+    if sys.argv[4] == "again":
+        # The next task in the same process: the same strategy, whose collectives go on
+        # numbering where the first model's stopped (a new strategy would number them
+        # from 1 again and collide with the first model's differently shaped ones).
+        again = distribute.make_strategy("multi_worker", collective_timeout=float(sys.argv[3]))
+        assert again is strategy
+        train(again, sys.argv[1] + ".again.npz", 8, hidden=(5, 7))
     print("chief" if distribute.is_chief(strategy) else "not chief", flush=True)
 """)
 
@@ -106,14 +113,15 @@ def _env(extra=None):
     return env
 
 
-def _workers(tmp_path, sleep, timeout, count=2):
+def _workers(tmp_path, sleep, timeout, count=2, again=False):
     ports = free_ports(count)
     cluster = {"worker": [f"localhost:{p}" for p in ports]}
     procs = []
     for i in range(count):
         config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
         procs.append(subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(tmp_path / f"w{i}.npz"), str(sleep), str(timeout)],
+            [sys.executable, "-c", WORKER, str(tmp_path / f"w{i}.npz"), str(sleep), str(timeout),
+             "again" if again else "once"],
             env=_env({"TF_CONFIG": config}), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True))
     return procs
@@ -138,12 +146,17 @@ def test_mirrored_two_cpus_matches_single_device_on_global_batch(tmp_path):
 
 
 def test_multi_worker_localhost_agree(tmp_path):
-    procs = _workers(tmp_path, sleep=0.0, timeout=60)
+    # Each worker trains two differently shaped models in turn, as two tasks in one
+    # notebook would, under the one strategy make_strategy keeps per process.
+    procs = _workers(tmp_path, sleep=0.0, timeout=60, again=True)
     outputs = [p.communicate(timeout=240)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     assert "chief" in outputs[0].splitlines()[-1] and "not chief" in outputs[1], outputs
-    for a, b in zip(_weights(tmp_path / "w0.npz"), _weights(tmp_path / "w1.npz")):
-        np.testing.assert_allclose(a, b, rtol=1e-6)
+    for name in ("w{}.npz", "w{}.npz.again.npz"):
+        first, second = (_weights(tmp_path / name.format(i)) for i in range(2))
+        assert len(first) == len(second) > 0
+        for a, b in zip(first, second):
+            np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
 def test_multi_worker_killed_peer_fails_fast(tmp_path):
@@ -212,6 +225,25 @@ def test_global_batch_size_and_errors(monkeypatch):
         with pytest.raises(ConfigError, match=r"task must name one of its cluster's hosts. "
                                               r"Expected task.type among \['worker'\]"):
             distribute.make_strategy("multi_worker")
+
+
+def test_a_second_cluster_in_one_process_is_refused(monkeypatch):
+    cluster = {"worker": ["a:1", "b:1"]}
+    first = {"cluster": cluster, "task": {"type": "worker", "index": 0}}
+    started = object()  # stands in for the process's strategy (starting one needs peers)
+    monkeypatch.setattr(distribute, "_multi_worker", (
+        (json.dumps(first, sort_keys=True), distribute.DEFAULT_COLLECTIVE_TIMEOUT), started))
+    monkeypatch.setenv("TF_CONFIG", json.dumps(first))
+    assert distribute.make_strategy("multi_worker") is started
+    assert distribute.make_strategy("auto") is started
+    monkeypatch.setenv("TF_CONFIG", json.dumps({**first, "task": {"type": "worker", "index": 1}}))
+    with pytest.raises(ConfigError, match=r"already runs a multi-worker strategy.*"
+                                          r"Expected the same TF_CONFIG.*\"index\": 0.*"
+                                          r"Received: TF_CONFIG=.*\"index\": 1"):
+        distribute.make_strategy("multi_worker")
+    monkeypatch.setenv("TF_CONFIG", json.dumps(first))
+    with pytest.raises(ConfigError, match="timeout 60.0 s. Received: .*timeout 5.0 s"):
+        distribute.make_strategy("multi_worker", collective_timeout=5.0)
 
 
 def test_steps_per_epoch_counts_kept_batches_and_names_too_few_examples():

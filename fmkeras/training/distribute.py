@@ -44,6 +44,13 @@ STRATEGIES = ("auto", "none", "mirrored", "multi_worker", "tpu")
 # Seconds a collective may wait for a peer before the run fails instead of hanging.
 DEFAULT_COLLECTIVE_TIMEOUT = 60.0
 
+# The process's MultiWorkerMirroredStrategy, ``((TF_CONFIG, timeout), strategy)``:
+# TensorFlow starts its collective runtime once per process, and every new
+# strategy numbers its collectives from 1 again, so a second one would reuse the
+# first one's collective keys (a "Shape mismatch in the collective instance"
+# error or a hung collective in the next task). Later tasks reuse the first.
+_multi_worker = None
+
 
 class WorkerLostError(FmkerasError):
     """Another worker of a multi-worker run stopped answering."""
@@ -93,7 +100,8 @@ def make_strategy(name="auto", collective_timeout=DEFAULT_COLLECTIVE_TIMEOUT):
     - ``mirrored``: ``MirroredStrategy`` over all local GPUs (or the CPU).
     - ``multi_worker``: ``MultiWorkerMirroredStrategy`` configured from
       ``TF_CONFIG``; collectives give up after ``collective_timeout`` seconds
-      so a lost peer fails the run instead of hanging it.
+      so a lost peer fails the run instead of hanging it. One per process:
+      later calls (the next task in a notebook) return the same strategy.
     - ``tpu``: ``TPUStrategy`` on the TPU found by ``TPUClusterResolver``.
 
     Args:
@@ -185,9 +193,23 @@ def _multi_worker_strategy(collective_timeout):
             "TF_CONFIG's task must name one of its cluster's hosts. Expected task.type among "
             f"{sorted(cluster) if isinstance(cluster, dict) else '[]'} and task.index below "
             f"that job's host count. Received: task={task!r}")
+    global _multi_worker
+    key = (json.dumps(config, sort_keys=True), collective_timeout)
+    if _multi_worker is not None:
+        started, strategy = _multi_worker
+        if started != key:
+            raise ConfigError(
+                "This process already runs a multi-worker strategy, and TensorFlow starts "
+                "its collective runtime once per process. Expected the same TF_CONFIG and "
+                f"collective timeout as the first: TF_CONFIG={started[0]}, timeout "
+                f"{started[1]} s. Received: TF_CONFIG={key[0]}, timeout {key[1]} s. "
+                "Start a new process (or restart the notebook's kernel) for another cluster.")
+        return strategy
     options = tf.distribute.experimental.CommunicationOptions(
         timeout_seconds=collective_timeout)
-    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    _multi_worker = (key, strategy)
+    return strategy
 
 
 def _tpu_strategy():
