@@ -95,13 +95,33 @@ WORKER = TRAIN + textwrap.dedent("""
         sys.stdout.flush()
         import os
         os._exit(3)
-    if sys.argv[4] == "again":
+    if sys.argv[4] != "once":
         # The next task in the same process: the same strategy, whose collectives go on
         # numbering where the first model's stopped (a new strategy would number them
         # from 1 again and collide with the first model's differently shaped ones).
-        again = distribute.make_strategy("multi_worker", collective_timeout=float(sys.argv[3]))
-        assert again is strategy
-        train(again, sys.argv[1] + ".again.npz", 8, hidden=(5, 7))
+        dist = distribute.Distribution("multi_worker")
+        assert dist.strategy is strategy
+        # TFRecord files of 13 and 3 examples (argv[4]), through Distribution.dataset:
+        # sharded by file, worker 1 would run out first and train on empty batches,
+        # whose batch-norm statistics are NaN; sharded by data, both take 4 steps.
+        def parse(record):
+            example = tf.io.parse_single_example(record, {
+                "x": tf.io.FixedLenFeature([6], tf.float32),
+                "y": tf.io.FixedLenFeature([3], tf.float32)})
+            return example["x"], example["y"]
+        files = [sys.argv[4] + "/a.tfrecord", sys.argv[4] + "/b.tfrecord"]
+        data = (tf.data.TFRecordDataset(files).map(parse)  # 16 examples, as tfds declares
+                .apply(tf.data.experimental.assert_cardinality(16)).batch(dist.global_batch(2)))
+        with dist.scope():
+            bn = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5),
+                                   keras.layers.BatchNormalization(), keras.layers.Dense(3)])
+            bn.compile(keras.optimizers.SGD(0.1), "categorical_crossentropy")
+        steps = dist.steps_per_epoch(16, 2)
+        history = dist.fit(bn, dist.dataset(data, steps=steps), epochs=2, verbose=0)
+        finite = all(np.isfinite(w).all() for w in bn.get_weights())
+        print("AGAIN STEPS", steps, "FINITE", finite, history.history["loss"], flush=True)
+        # Batch-norm moving statistics stay per worker (Keras does not synchronize them).
+        np.savez(sys.argv[1] + ".again.npz", *[w.numpy() for w in bn.trainable_weights])
     print("chief" if distribute.is_chief(strategy) else "not chief", flush=True)
 """)
 
@@ -113,7 +133,7 @@ def _env(extra=None):
     return env
 
 
-def _workers(tmp_path, sleep, timeout, count=2, again=False):
+def _workers(tmp_path, sleep, timeout, count=2, again=None):
     ports = free_ports(count)
     cluster = {"worker": [f"localhost:{p}" for p in ports]}
     procs = []
@@ -121,7 +141,7 @@ def _workers(tmp_path, sleep, timeout, count=2, again=False):
         config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
         procs.append(subprocess.Popen(
             [sys.executable, "-c", WORKER, str(tmp_path / f"w{i}.npz"), str(sleep), str(timeout),
-             "again" if again else "once"],
+             str(again) if again else "once"],
             env=_env({"TF_CONFIG": config}), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True))
     return procs
@@ -145,13 +165,30 @@ def test_mirrored_two_cpus_matches_single_device_on_global_batch(tmp_path):
         assert np.isfinite(small["losses"]).all() and bool(small["weights_finite"])
 
 
+def _write_tfrecords(folder, counts):
+    rng = np.random.default_rng(0)
+    for name, count in counts.items():
+        with tf.io.TFRecordWriter(str(folder / f"{name}.tfrecord")) as writer:
+            for i in range(count):
+                features = {"x": tf.train.Feature(float_list=tf.train.FloatList(
+                                value=rng.normal(size=6).tolist())),
+                            "y": tf.train.Feature(float_list=tf.train.FloatList(
+                                value=np.eye(3)[i % 3].tolist()))}
+                writer.write(tf.train.Example(features=tf.train.Features(
+                    feature=features)).SerializeToString())
+
+
 def test_multi_worker_localhost_agree(tmp_path):
-    # Each worker trains two differently shaped models in turn, as two tasks in one
-    # notebook would, under the one strategy make_strategy keeps per process.
-    procs = _workers(tmp_path, sleep=0.0, timeout=60, again=True)
+    # Each worker trains two models in turn, as two tasks in one notebook would,
+    # under the one strategy make_strategy keeps per process; the second reads
+    # TFRecord files of uneven sizes through Distribution.dataset.
+    _write_tfrecords(tmp_path, {"a": 13, "b": 3})
+    procs = _workers(tmp_path, sleep=0.0, timeout=60, again=tmp_path)
     outputs = [p.communicate(timeout=240)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     assert "chief" in outputs[0].splitlines()[-1] and "not chief" in outputs[1], outputs
+    for output in outputs:
+        assert "AGAIN STEPS 4 FINITE True" in output and "ran out of data" not in output, output
     for name in ("w{}.npz", "w{}.npz.again.npz"):
         first, second = (_weights(tmp_path / name.format(i)) for i in range(2))
         assert len(first) == len(second) > 0

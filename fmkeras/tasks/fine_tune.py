@@ -346,7 +346,7 @@ def _fit_phase(model, config, splits, run_dir, phase, learning_rate, epochs, ini
         callbacks_lib.EpochSeeds(config.seed), *splits.callbacks, *callbacks]
     steps = dist.steps_per_epoch(splits.train_samples, config.data.batch_size)
     try:
-        dist.fit(model, dist.dataset(splits.train, splits.file_based, steps=steps),
+        dist.fit(model, dist.dataset(splits.train, steps=steps),
                  validation_data=splits.validation,
                  epochs=initial_epoch + epochs, initial_epoch=initial_epoch,
                  callbacks=fit_callbacks, verbose=train.verbose, shuffle=False)

@@ -286,9 +286,6 @@ class ImageSplits:
     callbacks: list = dataclasses.field(default_factory=list)
     repeats: bool = False  # ``train`` repeats its epochs without end
     skipped_files: list = dataclasses.field(default_factory=list)  # unusable, left out
-    # ``train`` starts from file readers (tfds' TFRecords), which several workers can
-    # shard by file; a folder's pipeline reads its files inside a map (shard by data).
-    file_based: bool = False
 
 
 def make_datasets(config, repeat=False):
@@ -329,7 +326,7 @@ def make_datasets(config, repeat=False):
                if data.validation_split else None)
         test = tfds_images.tfds_image_dataset(data.path, split="test", cache=False, **common)[0]
         count = lambda ds: int(ds.unbatch().reduce(0, lambda n, _: n + 1))  # noqa: E731
-        return ImageSplits(train, val, test, names, count(train), count(test), file_based=True)
+        return ImageSplits(train, val, test, names, count(train), count(test))
     skipped = []
     train_index, val_index, test_index = load_splits(data, seed, skipped)
     _check_class_count(train_index.class_names, data.path)
@@ -574,7 +571,7 @@ def run(config, callbacks=()):
         identity={**resume_identity(config, splits), "replicas": dist.replicas},
         force_resume=config.force_resume, every_s=config.checkpoint_every_s)
     try:
-        dist.fit(model, dist.dataset(splits.train, splits.file_based, steps=steps),
+        dist.fit(model, dist.dataset(splits.train, steps=steps),
                  validation_data=splits.validation,
                  epochs=train.epochs, steps_per_epoch=steps if splits.repeats else None,
                  callbacks=callbacks, verbose=train.verbose, shuffle=False)

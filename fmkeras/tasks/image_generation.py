@@ -426,7 +426,7 @@ def run(config, callbacks=()):
                  if config.evaluation.extractor == "inception" else None)
     steps = dist.steps_per_epoch(len(train_index), data.batch_size)
     try:
-        dist.fit(gan, dist.dataset(gan_ds, file_based=False, steps=steps), epochs=t.epochs,
+        dist.fit(gan, dist.dataset(gan_ds, steps=steps), epochs=t.epochs,
                  callbacks=fit_callbacks, verbose=t.verbose, shuffle=False)
     finally:
         callbacks_lib.after_fit(fit_callbacks)

@@ -234,7 +234,7 @@ def run(config, callbacks=()):
                                                         every_s=config.checkpoint_every_s),
                      *callbacks]
     try:
-        dist.fit(model, dist.dataset(train_ds, file_based=False, steps=steps),
+        dist.fit(model, dist.dataset(train_ds, steps=steps),
                  validation_data=val_ds,
                  epochs=train.epochs, callbacks=fit_callbacks, verbose=train.verbose,
                  shuffle=False)

@@ -172,8 +172,7 @@ def run(config, callbacks=()):
                                            every_s=config.checkpoint_every_s),
         callbacks_lib.EpochSeeds(config.seed), *splits.callbacks, *callbacks]
     try:
-        dist.fit(model, dist.dataset(splits.train, splits.file_based, min_batch=min_batch,
-                                     steps=steps),
+        dist.fit(model, dist.dataset(splits.train, min_batch=min_batch, steps=steps),
                  validation_data=splits.validation, epochs=train.epochs,
                  callbacks=fit_callbacks, verbose=train.verbose, shuffle=False)
     finally:

@@ -186,7 +186,7 @@ def fit_text_model(model, config, run_dir, train_ds, val_ds, identity, callbacks
     steps = (dist.steps_per_epoch(train_samples, config.data.batch_size)
              if train_samples is not None else None)
     try:
-        dist.fit(model, dist.dataset(train_ds, file_based=False, steps=steps),
+        dist.fit(model, dist.dataset(train_ds, steps=steps),
                  validation_data=val_ds, epochs=config.train.epochs, callbacks=callbacks,
                  verbose=config.train.verbose, shuffle=False)
     finally:

@@ -338,7 +338,11 @@ def distribute_dataset(dataset, strategy=None, file_based=True, num_files=None):
     ``TextLineDataset``), else ``DATA``. ``FILE`` alone would fail at the
     first step on pipelines that read files inside a ``map`` (fmkeras' image
     pipelines). Everything else gets ``DATA`` (every worker reads everything
-    and keeps its share).
+    and keeps its share). Under ``FILE`` sharding, workers whose files hold
+    different numbers of examples take different numbers of steps, and one
+    that runs out trains on empty batches (NaN batch-norm statistics): repeat
+    such a dataset and give ``fit`` a ``steps_per_epoch``, or shard by data
+    as :meth:`Distribution.dataset` (what fmkeras' tasks use) does.
     The dataset is returned with the option set; ``model.fit`` distributes
     it under the strategy's scope.
 
@@ -694,20 +698,25 @@ class Distribution:
                 f"one training batch on {self.replicas} replica(s). Received: {samples}")
         return steps
 
-    def dataset(self, dataset, file_based=True, num_files=None, min_batch=None, steps=None):
-        """The training ``dataset`` for this strategy: sharded across workers, and
-        without batches too small to give every replica an example.
+    def dataset(self, dataset, min_batch=None, steps=None):
+        """The training ``dataset`` for this strategy: sharded by data across
+        workers, and without batches too small to give every replica an example.
+
+        Across workers every worker runs the whole pipeline and keeps its share
+        of each global batch (``AutoShardPolicy.DATA``), so every worker takes
+        the same number of steps. Sharded by file, a worker whose files hold
+        fewer examples runs out first and then trains on empty batches, whose
+        batch-norm statistics are NaN on every worker.
 
         A last, partial batch of fewer examples than replicas would leave a
-        replica with an empty batch, whose batch-norm statistics (and
-        contrastive or GAN losses) are NaN; such a batch is dropped, as is
-        one of fewer than ``min_batch`` examples (contrastive learning needs
-        2 images on some replica: ``min_batch=replicas + 1``). Dropping makes
-        the number of batches unknown to Keras (its progress bar has no end
-        and the first epoch warns that the input "ran out of data"), so pass
-        ``steps`` (:meth:`steps_per_epoch`) to declare it again for a finite
-        dataset. On one worker sharding is a no-op; a Python iterator is
-        returned as it is (Keras wraps it itself).
+        replica with an empty batch in the same way; such a batch is dropped,
+        as is one of fewer than ``min_batch`` examples (contrastive learning
+        needs 2 images on some replica: ``min_batch=replicas + 1``). Dropping
+        makes the number of batches unknown to Keras (its progress bar has no
+        end and the first epoch warns that the input "ran out of data"), so
+        pass ``steps`` (:meth:`steps_per_epoch`) to declare it again for a
+        finite dataset. A Python iterator is returned as it is (Keras wraps
+        it itself).
 
         Example:
 
@@ -718,22 +727,16 @@ class Distribution:
         """
         if not isinstance(dataset, tf.data.Dataset):
             return dataset
-        workers = _num_workers()
         smallest = self.smallest_batch(min_batch)
         if smallest > 1:
             finite = int(dataset.cardinality()) >= 0
             dataset = without_small_batches(dataset, smallest)
-            # Every worker runs this whole pipeline when the data is sharded by
-            # DATA (each keeps its share of every batch); sharded by FILE, each
-            # reads fewer batches than ``steps``, so the count is not declared.
-            by_data = (workers <= 1 or _shard_policy(file_based, num_files)
-                       == tf.data.experimental.AutoShardPolicy.DATA)
-            if finite and steps is not None and by_data:
+            if finite and steps is not None:
                 # A wrong count fails at the end of the first epoch, not silently.
                 dataset = dataset.apply(tf.data.experimental.assert_cardinality(steps))
-        if workers <= 1:
+        if _num_workers() <= 1:
             return dataset
-        return distribute_dataset(dataset, self.strategy, file_based, num_files)
+        return distribute_dataset(dataset, self.strategy, file_based=False)
 
     def fit(self, model, *args, **kwargs):
         """``model.fit`` with the multi-worker fixes and a clear error for a lost worker."""
