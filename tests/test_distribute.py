@@ -374,13 +374,14 @@ TASK_WORKER = textwrap.dedent("""
 """)
 
 
-def _task_workers(data, run_dir, epochs, interrupt_at):
+def _task_workers(data, run_dir, epochs, interrupt_at, tmp):
     ports = free_ports(2)
     cluster = {"worker": [f"localhost:{p}" for p in ports]}
     procs = [subprocess.Popen(
         [sys.executable, "-c", TASK_WORKER, data, run_dir, str(epochs), str(interrupt_at)],
         env=_env({"TF_CONFIG": json.dumps({"cluster": cluster,
-                                           "task": {"type": "worker", "index": i}})}),
+                                           "task": {"type": "worker", "index": i}}),
+                  "TMPDIR": str(tmp)}),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
     outputs = [p.communicate(timeout=240)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
@@ -393,13 +394,18 @@ def test_multi_worker_run_resumes_on_every_worker_from_the_shared_run_dir(tmp_pa
 
     data = write_image_folder(tmp_path / "images", per_class=8, size=(8, 8))
     run_dir = str(tmp_path / "run")
-    first = _task_workers(data, run_dir, epochs=3, interrupt_at=2)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    first = _task_workers(data, run_dir, epochs=3, interrupt_at=2, tmp=tmp)
     assert first == [["EPOCH 0", "EPOCH 1", "STOPPED interrupted before epoch 2"]] * 2
     assert os.listdir(os.path.join(run_dir, "checkpoints", "backup"))
+    # Worker 1 wrote into a temporary folder, removed when its process ended.
+    assert not [name for name in os.listdir(tmp) if name.startswith("fmkeras-")]
     # Rerun: the chief reads its backup; the other worker must resume at the same
     # epoch (else the collectives of the two would not line up).
-    second = _task_workers(data, run_dir, epochs=3, interrupt_at=-1)
+    second = _task_workers(data, run_dir, epochs=3, interrupt_at=-1, tmp=tmp)
     assert [lines[:-1] for lines in second] == [["EPOCH 2"]] * 2
     assert second[0][-1] == second[1][-1] and second[0][-1].startswith("DONE")
     with open(os.path.join(run_dir, "history.csv"), encoding="utf-8") as f:
         assert [row.split(",")[0] for row in f.read().split()[1:]] == ["0", "1", "2"]
+    assert not [name for name in os.listdir(tmp) if name.startswith("fmkeras-")]

@@ -26,6 +26,7 @@ A multi-worker run reads the standard ``TF_CONFIG`` environment variable::
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -304,6 +305,8 @@ def worker_dir(run_dir, strategy=None):
     other workers' folders start with a copy of the chief's
     ``run_dir/checkpoints`` (backups, finished-phase markers, best model),
     which they find when ``run_dir`` is on a filesystem all workers share.
+    A temporary folder is removed when the process exits (it holds a full
+    copy of every checkpoint and export, which no one reads again).
 
     Args:
         run_dir: str. The run directory.
@@ -322,6 +325,7 @@ def worker_dir(run_dir, strategy=None):
         return run_dir
     task_type, index = task_identity(strategy)
     local = tempfile.mkdtemp(prefix=f"fmkeras-{task_type}{index}-")
+    atexit.register(shutil.rmtree, local, ignore_errors=True)
     shared = os.path.join(run_dir, "checkpoints")
     if os.path.isdir(shared):
         shutil.copytree(shared, os.path.join(local, "checkpoints"),
