@@ -84,6 +84,20 @@ MIRRORED = TRAIN + textwrap.dedent("""
                       verbose=0).history["loss"]
     np.savez(sys.argv[1] + "/small_batches.npz", steps=steps, losses=finite + endless + uneven,
              weights_finite=all(np.isfinite(w).all() for w in bn.get_weights()))
+
+    # Keras' batch norm keeps the first replica's moving statistics: a batch of 8
+    # whose halves have means 0 and 10 leaves a moving mean of 0 (one device: 5).
+    halves = np.repeat([[0.0], [10.0]], 4, axis=0).astype("float32")
+    means = []
+    for strategy in (dist.strategy, distribute.make_strategy("none")):
+        with strategy.scope():
+            norm = keras.Sequential([keras.Input((1,)),
+                                     keras.layers.BatchNormalization(momentum=0.0),
+                                     keras.layers.Dense(1)])
+            norm.compile("sgd", "mse")
+        norm.fit(tf.data.Dataset.from_tensor_slices((halves, halves)).batch(8), verbose=0)
+        means.append(float(norm.layers[0].moving_mean.numpy()[0]))
+    np.save(sys.argv[1] + "/moving_means.npy", means)
 """)
 
 WORKER = TRAIN + textwrap.dedent("""
@@ -163,6 +177,7 @@ def test_mirrored_two_cpus_matches_single_device_on_global_batch(tmp_path):
         assert int(small["steps"]) == 1  # the batch of 8; the batch of 1 is left out
         assert len(small["losses"]) == 5  # 2 + 2 epochs, then the uneven dataset's 1
         assert np.isfinite(small["losses"]).all() and bool(small["weights_finite"])
+    np.testing.assert_allclose(np.load(tmp_path / "moving_means.npy"), [0.0, 5.0], atol=1e-5)
 
 
 def _write_tfrecords(folder, counts):
