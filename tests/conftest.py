@@ -1,7 +1,9 @@
 """Shared fixtures: tiny image folders, dtype-policy hygiene, the --runslow flag."""
 
+import json
 import os
 import socket
+import subprocess
 
 import keras
 import numpy as np
@@ -119,6 +121,19 @@ def free_ports(count):
     for s in sockets:
         s.close()
     return ports
+
+
+def start_workers(argv, count=2, env=None, **popen):
+    """Start ``argv(index)`` as worker ``index`` of a ``count``-worker localhost
+    ``TF_CONFIG`` cluster (CPU only, quiet TensorFlow logs); return the processes."""
+    cluster = {"worker": [f"localhost:{port}" for port in free_ports(count)]}
+    procs = []
+    for index in range(count):
+        config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        worker_env = {**os.environ, **(env or {}), "TF_CONFIG": json.dumps(config),
+                      "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+        procs.append(subprocess.Popen(argv(index), env=worker_env, text=True, **popen))
+    return procs
 
 
 def write_image_folder(root, classes=("a", "b"), per_class=4, size=(12, 10), mode="RGB",

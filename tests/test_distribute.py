@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import free_ports
+from conftest import start_workers
 
 from fmkeras.errors import ConfigError, DataError
 from fmkeras.training import distribute
@@ -140,25 +140,17 @@ WORKER = TRAIN + textwrap.dedent("""
 """)
 
 
-def _env(extra=None):
+def _env():
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     env.pop("TF_CONFIG", None)
-    env.update(extra or {})
     return env
 
 
 def _workers(tmp_path, sleep, timeout, count=2, again=None):
-    ports = free_ports(count)
-    cluster = {"worker": [f"localhost:{p}" for p in ports]}
-    procs = []
-    for i in range(count):
-        config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
-        procs.append(subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(tmp_path / f"w{i}.npz"), str(sleep), str(timeout),
-             str(again) if again else "once"],
-            env=_env({"TF_CONFIG": config}), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True))
-    return procs
+    return start_workers(
+        lambda i: [sys.executable, "-c", WORKER, str(tmp_path / f"w{i}.npz"), str(sleep),
+                   str(timeout), str(again) if again else "once"],
+        count, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
 def _weights(path):
@@ -390,14 +382,10 @@ TASK_WORKER = textwrap.dedent("""
 
 
 def _task_workers(data, run_dir, epochs, interrupt_at, tmp):
-    ports = free_ports(2)
-    cluster = {"worker": [f"localhost:{p}" for p in ports]}
-    procs = [subprocess.Popen(
-        [sys.executable, "-c", TASK_WORKER, data, run_dir, str(epochs), str(interrupt_at)],
-        env=_env({"TF_CONFIG": json.dumps({"cluster": cluster,
-                                           "task": {"type": "worker", "index": i}}),
-                  "TMPDIR": str(tmp)}),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    procs = start_workers(
+        lambda i: [sys.executable, "-c", TASK_WORKER, data, run_dir, str(epochs),
+                   str(interrupt_at)],
+        env={"TMPDIR": str(tmp)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     outputs = [p.communicate(timeout=240)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     return [[line for line in out.splitlines() if line.startswith(("EPOCH", "STOPPED", "DONE"))]

@@ -13,7 +13,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import REPO, free_ports, write_image_folder
+from conftest import REPO, start_workers, write_image_folder
 
 SCRIPT = textwrap.dedent("""
     import json, sys
@@ -86,17 +86,20 @@ def mirrored_runs(tmp_path_factory):
     return json.loads(line[len("RESULTS"):])
 
 
+def assert_trained_on_two_replicas(metrics, strategy):
+    assert metrics["strategy"] == strategy, metrics
+    assert metrics["replicas"] == 2, metrics
+    numbers = [v for v in metrics.values() if isinstance(v, float)]
+    assert numbers and all(np.isfinite(numbers)), metrics
+
+
 TASKS = ["image-classification", "text-classification", "translation", "image-generation",
          "pretrain-simclr", "pretrain-mlm", "fine-tune"]
 
 
 @pytest.mark.parametrize("task", TASKS)
 def test_task_trains_under_mirrored_strategy_on_two_replicas(mirrored_runs, task):
-    metrics = mirrored_runs[task]
-    assert metrics["strategy"] == "MirroredStrategy"
-    assert metrics["replicas"] == 2
-    numbers = [v for v in metrics.values() if isinstance(v, float)]
-    assert numbers and all(np.isfinite(numbers)), metrics
+    assert_trained_on_two_replicas(mirrored_runs[task], "MirroredStrategy")
 
 
 def test_pruning_under_mirrored_strategy_reaches_its_target(mirrored_runs):
@@ -113,15 +116,9 @@ def test_every_task_trains_in_turn_on_two_localhost_workers(tmp_path):
     # collective keys and failed in a later task). Slow (about 2.5 minutes), so it
     # runs with --runslow; tests/test_distribute.py covers the strategy itself.
     runs = task_runs(tmp_path)
-    cluster = {"worker": [f"localhost:{port}" for port in free_ports(2)]}
-    procs = []
-    for index in range(2):
-        config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
-        env = {**os.environ, "TF_CONFIG": json.dumps(config), "TF_CPP_MIN_LOG_LEVEL": "2",
-               "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": REPO}
-        procs.append(subprocess.Popen(
-            [sys.executable, "-c", SCRIPT, json.dumps(runs), "multi_worker"], cwd=REPO,
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    argv = [sys.executable, "-c", SCRIPT, json.dumps(runs), "multi_worker"]
+    procs = start_workers(lambda i: argv, env={"PYTHONPATH": REPO}, cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     outputs = [proc.communicate(timeout=900) for proc in procs]
     for proc, (out, err) in zip(procs, outputs):
         assert proc.returncode == 0, err[-3000:]
@@ -129,11 +126,8 @@ def test_every_task_trains_in_turn_on_two_localhost_workers(tmp_path):
         line = next(x for x in out.splitlines() if x.startswith("RESULTS"))
         results = json.loads(line[len("RESULTS"):])
         assert sorted(results) == sorted(TASKS)
-        for task, metrics in results.items():
-            assert metrics["strategy"] == "MultiWorkerMirroredStrategy", task
-            assert metrics["replicas"] == 2, task
-            numbers = [v for v in metrics.values() if isinstance(v, float)]
-            assert numbers and all(np.isfinite(numbers)), (task, metrics)
+        for metrics in results.values():
+            assert_trained_on_two_replicas(metrics, "MultiWorkerMirroredStrategy")
     # Only the chief (worker 0) wrote into the run directories.
     for task in TASKS:
         assert (tmp_path / task / "metrics.json").exists(), task

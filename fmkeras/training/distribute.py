@@ -367,15 +367,11 @@ def distribute_dataset(dataset, strategy=None, file_based=True, num_files=None):
     """
     del strategy  # the worker count comes from TF_CONFIG, the same for every strategy
     options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = _shard_policy(file_based, num_files)
-    return dataset.with_options(options)
-
-
-def _shard_policy(file_based, num_files):
-    """:func:`distribute_dataset`'s ``auto_shard_policy``."""
     enough = num_files is None or num_files >= _num_workers()
-    return (tf.data.experimental.AutoShardPolicy.AUTO if file_based and enough
-            else tf.data.experimental.AutoShardPolicy.DATA)
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.AUTO if file_based and enough
+        else tf.data.experimental.AutoShardPolicy.DATA)
+    return dataset.with_options(options)
 
 
 def prepare_model(model, strategy=None):
