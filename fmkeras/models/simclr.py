@@ -62,6 +62,10 @@ def nt_xent_loss(z1, z2, temperature=0.1):
 class SimCLR(keras.Model):
     """An encoder trained with SimCLR's contrastive loss; fit it on unlabelled images.
 
+    Under a ``tf.distribute`` strategy each replica contrasts its own share of
+    the batch, weighted by its images; a share of one image or none (the last,
+    partial batch) adds no gradient, so ``model.fit`` on any dataset works.
+
     Args:
         encoder: ``keras.Model``. Maps ``[0, 255]`` images to features (a
             feature map is average-pooled).
@@ -135,14 +139,20 @@ class SimCLR(keras.Model):
         towards 0.
         """
         images = tf.cast(images, tf.float32)
+        count = tf.cast(tf.shape(images)[0], tf.float32)
+        weight = tf.where(count >= 2.0, count, 0.0)
+        # A replica's empty share of a last, partial batch runs as one blank
+        # image (weight 0, so no gradient): TensorFlow's oneDNN convolutions
+        # (Intel CPUs with AVX-512) return their input unchanged for an empty
+        # batch, and batch norm's statistics of no images are NaN.
+        blank = tf.maximum(1 - tf.shape(images)[0], 0)
+        images = tf.pad(images, [[0, blank]] + [[0, 0]] * (images.shape.rank - 1))
         views = []
         for _ in range(2):
             seed = keras.random.randint((2,), 0, 2**31 - 1, seed=self.seed_generator)
             views.append(augment_images(images, self.augmentation, seed))
         z = self(tf.concat(views, 0), training=training)
         z1, z2 = tf.split(z, 2)
-        count = tf.cast(tf.shape(images)[0], tf.float32)
-        weight = tf.where(count >= 2.0, count, 0.0)
         return nt_xent_loss(z1, z2, self.temperature), weight
 
     @staticmethod
