@@ -49,6 +49,17 @@ def test_a_few_steps_lower_the_loss():
     assert np.mean(losses[-2:]) < 0.7 * losses[0]
 
 
+def test_compiles_without_xla_which_cannot_resample_the_views():
+    # jit_compile "auto" means XLA on a GPU, and XLA has no ImageProjectiveTransformV3:
+    # the first step failed with "Detected unsupported operations".
+    model = SimCLR(tiny_encoder(), projection_dim=8, hidden_dim=16, seed=3)
+    with pytest.warns(UserWarning, match="doesn't support `jit_compile=True`"):
+        model.compile(optimizer="adam", jit_compile=True)
+    assert model.jit_compile is False
+    images = np.random.default_rng(0).uniform(0, 255, (4, 16, 16, 3)).astype("float32")
+    assert np.isfinite(model.fit(images, batch_size=4, verbose=0).history["loss"][0])
+
+
 def test_a_single_image_batch_has_no_negatives_and_no_weight():
     from fmkeras.data import Augmentation
 

@@ -113,6 +113,10 @@ class SimCLR(keras.Model):
             keras.layers.Dense(projection_dim, dtype="float32", name="projection_out"),
         ], name="projection")
         self.seed_generator = keras.random.SeedGenerator(seed)
+        # The views are resampled by ImageProjectiveTransformV3 inside the
+        # step, which XLA cannot compile (as for Keras' RandomZoom): Keras then
+        # compiles without XLA, for jit_compile "auto" on a GPU as well.
+        self.supports_jit = False
         self.loss_tracker = keras.metrics.Mean(name="loss")
         # Built from the encoder's shapes now, so weights (a resumed run's backup)
         # can be loaded before the first batch.
