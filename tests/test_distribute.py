@@ -301,6 +301,44 @@ def test_steps_per_epoch_counts_kept_batches_and_names_too_few_examples():
     assert int(kept.cardinality()) == 2 and [len(b) for b in kept] == [4, 4]
 
 
+def batch_sizes(dataset):
+    return [len(tf.nest.flatten(b)[0]) for b in dataset]
+
+
+@pytest.mark.parametrize("samples,batch,replicas,expected", [
+    (9, 4, 2, [4, 5]),      # a last batch of 1 joins the one before
+    (8, 4, 2, [4, 4]),      # nothing to join
+    (11, 4, 4, [4, 7]),     # 3 examples for 4 replicas
+    (10, 4, 2, [4, 4, 2]),  # 2 is enough for 2 replicas
+    (1, 4, 2, [1]),         # a first batch too small stays as it is
+    (0, 4, 2, []),
+])
+def test_evaluation_batches_never_leave_a_replica_empty(samples, batch, replicas, expected):
+    features = np.arange(samples * 3, dtype="float32").reshape(samples, 3)
+    data = tf.data.Dataset.from_tensor_slices((features, np.arange(samples))).batch(batch)
+    merged = distribute.merge_small_batches(data, replicas, samples, batch)
+    assert batch_sizes(merged) == expected
+    assert int(merged.cardinality()) == len(expected)  # Keras knows the count
+    # Every example, once, in order, features still with their labels.
+    rows = [(x.numpy(), y.numpy()) for x, y in merged]
+    np.testing.assert_array_equal(np.concatenate([y for _, y in rows] or [[]]),
+                                  np.arange(samples))
+    if samples:
+        np.testing.assert_array_equal(np.concatenate([x for x, _ in rows]), features)
+    # Dicts (text models) are joined leaf by leaf; one replica changes nothing.
+    named = tf.data.Dataset.from_tensor_slices({"ids": np.arange(9), "text": ["a"] * 9})
+    assert batch_sizes(distribute.merge_small_batches(named.batch(4), 2)) == [4, 5]
+    assert batch_sizes(distribute.Distribution("none").eval_dataset(data, samples, batch)) == \
+        batch_sizes(data)
+
+
+def test_predict_matches_keras_predict():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    x = np.random.default_rng(0).normal(size=(9, 3)).astype("float32")
+    np.testing.assert_allclose(distribute.predict(model, x, 4),
+                               model.predict(x, batch_size=4, verbose=0))
+
+
 def test_cpu_replicas_asked_for_after_tensorflow_started_are_named(monkeypatch):
     """In a notebook TensorFlow has started before the run: the request cannot apply."""
     tf.constant(0)  # TensorFlow's devices are set up

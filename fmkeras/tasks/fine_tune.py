@@ -347,7 +347,8 @@ def _fit_phase(model, config, splits, run_dir, phase, learning_rate, epochs, ini
     steps = dist.steps_per_epoch(splits.train_samples, config.data.batch_size)
     try:
         dist.fit(model, dist.dataset(splits.train, steps=steps),
-                 validation_data=splits.validation,
+                 validation_data=dist.eval_dataset(splits.validation, splits.validation_samples,
+                                                   config.data.batch_size),
                  epochs=initial_epoch + epochs, initial_epoch=initial_epoch,
                  callbacks=fit_callbacks, verbose=train.verbose, shuffle=False)
     finally:
@@ -431,7 +432,8 @@ def run(config, callbacks=()):
     _fit_phase(model, config, splits, run_dir, 1, train.head_learning_rate, train.head_epochs,
                0, callbacks if train.epochs else last_phase_callbacks(train.head_epochs), dist,
                identity)
-    phase1_loss, phase1_accuracy = model.evaluate(splits.test, verbose=0)
+    test = dist.eval_dataset(splits.test, splits.test_samples, data.batch_size)
+    phase1_loss, phase1_accuracy = model.evaluate(test, verbose=0)
 
     params_phase2 = params_phase1
     if train.epochs:
@@ -439,8 +441,8 @@ def run(config, callbacks=()):
         params_phase2 = trainable_count(model)
         _fit_phase(model, config, splits, run_dir, 2, train.learning_rate, train.epochs,
                    train.head_epochs, last_phase_callbacks(train.epochs), dist, identity)
-    test_loss, _ = model.evaluate(splits.test, verbose=0)
-    probabilities = model.predict(test_images, verbose=0)
+    test_loss, _ = model.evaluate(test, verbose=0)
+    probabilities = distribute.predict(model, test_images)
     scores = cls_eval.classification_metrics(y_true, probabilities, class_names)
     metrics = {"phase1_test_accuracy": float(phase1_accuracy),
                "phase1_test_loss": float(phase1_loss),

@@ -286,6 +286,7 @@ class ImageSplits:
     callbacks: list = dataclasses.field(default_factory=list)
     repeats: bool = False  # ``train`` repeats its epochs without end
     skipped_files: list = dataclasses.field(default_factory=list)  # unusable, left out
+    validation_samples: int | None = None
 
 
 def make_datasets(config, repeat=False):
@@ -326,7 +327,8 @@ def make_datasets(config, repeat=False):
                if data.validation_split else None)
         test = tfds_images.tfds_image_dataset(data.path, split="test", cache=False, **common)[0]
         count = lambda ds: int(ds.unbatch().reduce(0, lambda n, _: n + 1))  # noqa: E731
-        return ImageSplits(train, val, test, names, count(train), count(test))
+        return ImageSplits(train, val, test, names, count(train), count(test),
+                           validation_samples=count(val) if val is not None else None)
     skipped = []
     train_index, val_index, test_index = load_splits(data, seed, skipped)
     _check_class_count(train_index.class_names, data.path)
@@ -342,7 +344,7 @@ def make_datasets(config, repeat=False):
     test = image_data.image_dataset(test_index, cache=False, **common)
     return ImageSplits(train, val, test, train_index.class_names, len(train_index),
                        len(test_index), [counter.callback()],
-                       repeat, skipped)
+                       repeat, skipped, len(val_index) if val_index is not None else None)
 
 
 def skipped_files_section(paths, shown=20):
@@ -424,7 +426,8 @@ def _generator_splits(data, aug, seed):
     test = ImageDataGenerator(rescale=data.rescale).flow_from_directory(
         test_dir, classes=list(train.class_indices), shuffle=False, **flow)
     return ImageSplits(train.as_dataset(), val.as_dataset() if val else None, test.as_dataset(),
-                       list(train.class_indices), train.samples, test.samples)
+                       list(train.class_indices), train.samples, test.samples,
+                       validation_samples=val.samples if val else None)
 
 
 PIPELINES = ("tfdata", "image_data_generator")
@@ -572,7 +575,8 @@ def run(config, callbacks=()):
         force_resume=config.force_resume, every_s=config.checkpoint_every_s)
     try:
         dist.fit(model, dist.dataset(splits.train, steps=steps),
-                 validation_data=splits.validation,
+                 validation_data=dist.eval_dataset(splits.validation, splits.validation_samples,
+                                                   data.batch_size),
                  epochs=train.epochs, steps_per_epoch=steps if splits.repeats else None,
                  callbacks=callbacks, verbose=train.verbose, shuffle=False)
     finally:
@@ -581,9 +585,10 @@ def run(config, callbacks=()):
     best = os.path.join(run_dir, "checkpoints", "best.keras")
     if os.path.exists(best):
         model.load_weights(best)
-    test_loss, _ = model.evaluate(splits.test, verbose=0)
+    test_loss, _ = model.evaluate(
+        dist.eval_dataset(splits.test, splits.test_samples, data.batch_size), verbose=0)
     images, labels = zip(*((x.numpy(), y.numpy()) for x, y in splits.test))
-    probabilities = model.predict(np.concatenate(images), verbose=0)
+    probabilities = distribute.predict(model, np.concatenate(images))
     y_true = np.concatenate(labels).argmax(-1)
     scores = cls_eval.classification_metrics(y_true, probabilities, class_names)
     metrics = {"test_accuracy": scores["accuracy"], "test_loss": float(test_loss),

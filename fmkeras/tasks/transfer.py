@@ -27,7 +27,7 @@ import numpy as np
 from fmkeras import config as config_lib
 from fmkeras import saving
 from fmkeras.errors import ConfigError
-from fmkeras.training import compression
+from fmkeras.training import compression, distribute
 from fmkeras.training import lora as lora_lib
 
 
@@ -377,7 +377,7 @@ def measure(model, images, labels, batch_size=32):
     >>> result["accuracy"], sorted(result)
     (1.0, ['accuracy', 'gzip_bytes', 'keras_bytes', 'latency_ms'])
     """
-    probabilities = model.predict(images, batch_size=batch_size, verbose=0)
+    probabilities = distribute.predict(model, images, batch_size)
     accuracy = float(np.mean(np.argmax(probabilities, -1) == np.asarray(labels)))
     return {"accuracy": accuracy, **compression.model_size(model),
             "latency_ms": compression.predict_latency_ms(model, images[:batch_size])}

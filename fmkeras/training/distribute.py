@@ -578,6 +578,87 @@ def without_small_batches(dataset, size):
     return dataset.filter(large_enough)
 
 
+def merge_small_batches(dataset, size, samples=None, batch_size=None):
+    """``dataset`` with each batch of fewer than ``size`` examples joined to the one before.
+
+    For evaluation and prediction under a strategy with ``size`` replicas,
+    where no example may be dropped: a last, partial batch of fewer examples
+    than replicas would give a replica an empty batch. On Intel CPUs with
+    AVX-512, TensorFlow's oneDNN ``Conv2D`` returns an empty input unchanged
+    (``[0, 16, 16, 3]`` where ``[0, 14, 14, 4]`` is due), so a batch-norm or
+    dense layer after it fails, or the process aborts. A dataset whose first
+    batch is already too small is returned with that batch as it is.
+
+    Joining makes the number of batches unknown to Keras, which then warns
+    that the input "ran out of data"; give ``samples`` and ``batch_size`` (the
+    dataset's examples and batch) to declare it.
+
+    Example:
+
+    >>> ds = tf.data.Dataset.range(9).batch(4)  # batches of 4, 4 and 1
+    >>> merged = merge_small_batches(ds, 2, samples=9, batch_size=4)
+    >>> [len(b) for b in merged.as_numpy_iterator()], int(merged.cardinality())
+    ([4, 5], 2)
+    >>> [len(b) for b in merge_small_batches(ds, 1).as_numpy_iterator()]
+    [4, 4, 1]
+    """
+    if size <= 1:
+        return dataset
+    spec = dataset.element_spec
+    leaves = tf.nest.flatten(spec)
+    if not all(isinstance(s, tf.TensorSpec) and s.shape.rank and s.shape[1:].is_fully_defined()
+               for s in leaves):
+        return dataset  # ragged or unknown example shapes: nothing to build an empty batch of
+    empty = tf.nest.map_structure(lambda s: tf.zeros([0, *s.shape[1:]], s.dtype), spec)
+    end = tf.data.Dataset.from_tensors((empty, True))
+    marked = tf.data.Dataset.zip((dataset, tf.data.Dataset.from_tensors(False).repeat()))
+
+    def step(state, element):
+        (held, holding), (batch, last) = state, element
+        small = tf.shape(tf.nest.flatten(batch)[0])[0] < size
+        join = holding & (last | small)
+        joined = tf.nest.map_structure(lambda a, b: tf.concat([a, b], 0), held, batch)
+        out = tf.nest.map_structure(lambda a, b: tf.cond(join, lambda: a, lambda: b),
+                                    joined, held)
+        keep = tf.nest.map_structure(lambda e, b: tf.cond(join, lambda: e, lambda: b),
+                                     empty, batch)
+        return (keep, ~join | ~holding), (out, holding)
+
+    def ready(batch, is_ready):
+        return is_ready
+
+    def batch_only(batch, is_ready):
+        return batch
+
+    merged = marked.concatenate(end).scan((empty, False), step).filter(ready).map(batch_only)
+    if samples is not None and batch_size:
+        batches = -(-samples // batch_size)
+        last = samples - (batches - 1) * batch_size
+        batches -= batches > 1 and last < size
+        merged = merged.apply(tf.data.experimental.assert_cardinality(batches))
+    return merged
+
+
+def predict(model, x, batch_size=32):
+    """``model.predict(x)`` in batches of ``batch_size``, without giving a replica of
+    the model's strategy an empty batch (see :func:`merge_small_batches`).
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    >>> predict(model, np.zeros((5, 3)), batch_size=2).shape
+    (5, 2)
+    """
+    strategy = getattr(model, "_distribute_strategy", None)
+    replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+    if replicas <= 1:
+        return model.predict(x, batch_size=batch_size, verbose=0)
+    data = tf.data.Dataset.from_tensor_slices(x).batch(batch_size)
+    merged = merge_small_batches(data, replicas, len(x), batch_size)
+    return model.predict(merged, verbose=0)
+
+
 def build_before_fit(model, data):
     """Create a compiled model's optimizer, loss and metric variables before ``fit``.
 
@@ -737,6 +818,24 @@ class Distribution:
         if _num_workers() <= 1:
             return dataset
         return distribute_dataset(dataset, self.strategy, file_based=False)
+
+    def eval_dataset(self, dataset, samples=None, per_replica=None):
+        """A validation or test ``dataset`` for this strategy: every example kept,
+        and a last batch of fewer examples than replicas joined to the batch
+        before it (:func:`merge_small_batches`), so no replica gets an empty
+        batch. With ``samples`` and the ``per_replica`` batch size, the number
+        of batches is declared for Keras. A Python iterator is returned as it is.
+
+        Example:
+
+        >>> data = tf.data.Dataset.range(9).batch(4)
+        >>> [len(b) for b in Distribution("none").eval_dataset(data, 9, 4)]
+        [4, 4, 1]
+        """
+        if not isinstance(dataset, tf.data.Dataset) or self.replicas <= 1:
+            return dataset
+        batch = self.global_batch(per_replica) if per_replica else None
+        return merge_small_batches(dataset, self.replicas, samples, batch)
 
     def fit(self, model, *args, **kwargs):
         """``model.fit`` with the multi-worker fixes and a clear error for a lost worker."""
