@@ -123,6 +123,16 @@ def free_ports(count):
     return ports
 
 
+def replicas_env(**extra):
+    """``os.environ`` for a process that splits the CPU into logical replicas.
+
+    oneDNN off, as ``python -m fmkeras.train`` sets it for such runs: replicas
+    running its kernels at once crash TensorFlow now and then on Intel CPUs
+    with AVX-512.
+    """
+    return {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0", **extra}
+
+
 def start_workers(argv, count=2, env=None, **popen):
     """Start ``argv(index)`` as worker ``index`` of a ``count``-worker localhost
     ``TF_CONFIG`` cluster (CPU only, quiet TensorFlow logs); return the processes."""

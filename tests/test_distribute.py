@@ -11,13 +11,15 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import start_workers
+from conftest import replicas_env, start_workers
 
+from fmkeras import train as cli
 from fmkeras.errors import ConfigError, DataError
 from fmkeras.training import distribute
 
@@ -159,8 +161,8 @@ def _weights(path):
 
 
 def test_mirrored_two_cpus_matches_single_device_on_global_batch(tmp_path):
-    subprocess.run([sys.executable, "-c", MIRRORED, str(tmp_path)], env=_env(), check=True,
-                   timeout=240)
+    subprocess.run([sys.executable, "-c", MIRRORED, str(tmp_path)],
+                   env=replicas_env(**_env()), check=True, timeout=240)
     mirrored, single = _weights(tmp_path / "mirrored.npz"), _weights(tmp_path / "single.npz")
     assert len(mirrored) == len(single) == 4
     for a, b in zip(mirrored, single):
@@ -344,10 +346,31 @@ def test_cpu_replicas_asked_for_after_tensorflow_started_are_named(monkeypatch):
     tf.constant(0)  # TensorFlow's devices are set up
     have = len(tf.config.list_logical_devices("CPU"))
     monkeypatch.setenv("FMKERAS_CPU_REPLICAS", str(have + 1))
+    monkeypatch.setattr(distribute, "_onednn_enabled", lambda: False)
     with pytest.warns(UserWarning, match=f"FMKERAS_CPU_REPLICAS={have + 1} has no effect: "
                                          f"TensorFlow had already set up {have} CPU"):
         strategy = distribute.make_strategy("mirrored")
     assert strategy.num_replicas_in_sync == have
+    # With oneDNN on, logical CPU replicas can crash TensorFlow: the fix is named.
+    monkeypatch.setattr(distribute, "_onednn_enabled", lambda: True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        distribute.make_strategy("mirrored")
+    assert any(f"FMKERAS_CPU_REPLICAS={have + 1} with TensorFlow's oneDNN kernels on" in
+               str(w.message) and "Expected TF_ENABLE_ONEDNN_OPTS=0" in str(w.message)
+               for w in caught), [str(w.message) for w in caught]
+
+
+def test_the_cli_turns_onednn_off_for_logical_cpu_replicas():
+    env = {"FMKERAS_CPU_REPLICAS": "2"}
+    cli.cpu_replicas_without_onednn(env)
+    assert env["TF_ENABLE_ONEDNN_OPTS"] == "0"
+    chosen = {"FMKERAS_CPU_REPLICAS": "2", "TF_ENABLE_ONEDNN_OPTS": "1"}
+    cli.cpu_replicas_without_onednn(chosen)
+    assert chosen["TF_ENABLE_ONEDNN_OPTS"] == "1"  # the user's choice stands
+    for untouched in ({}, {"FMKERAS_CPU_REPLICAS": "1"}, {"FMKERAS_CPU_REPLICAS": "two"}):
+        cli.cpu_replicas_without_onednn(untouched)
+        assert "TF_ENABLE_ONEDNN_OPTS" not in untouched
 
 
 def test_shard_policy(monkeypatch):

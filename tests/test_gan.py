@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import replicas_env
 from PIL import Image
 
 from fmkeras.errors import FmkerasError
@@ -251,7 +252,7 @@ _MIRRORED_SCRIPT = textwrap.dedent(
 def test_trains_under_mirrored_strategy_on_two_logical_cpus():
     # Logical devices must be configured before TensorFlow initialises them,
     # which this process already did: run in a fresh interpreter.
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env = replicas_env(TF_CPP_MIN_LOG_LEVEL="3")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
     result = subprocess.run(
         [sys.executable, "-c", _MIRRORED_SCRIPT],

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPO, write_image_folder
+from conftest import REPO, replicas_env, write_image_folder
 
 from fmkeras import config as config_lib
 from fmkeras import train as cli
@@ -111,8 +111,7 @@ MIRRORED_REMAINDER = textwrap.dedent("""
 
 
 def test_a_replica_with_one_image_or_none_under_mirrored_strategy():
-    env = {**os.environ, "FMKERAS_CPU_REPLICAS": "2", "TF_CPP_MIN_LOG_LEVEL": "3",
-           "PYTHONPATH": REPO}
+    env = replicas_env(FMKERAS_CPU_REPLICAS="2", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
     proc = subprocess.run([sys.executable, "-c", MIRRORED_REMAINDER], capture_output=True,
                           text=True, env=env, cwd=REPO, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]  # was: "Must have at least one class"

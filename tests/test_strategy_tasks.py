@@ -6,14 +6,13 @@ the strategy and replica count it trained with.
 """
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
 import pytest
-from conftest import REPO, start_workers, write_image_folder
+from conftest import REPO, replicas_env, start_workers, write_image_folder
 
 SCRIPT = textwrap.dedent("""
     import json, sys
@@ -81,8 +80,7 @@ def task_runs(root):
 @pytest.fixture(scope="module")
 def mirrored_runs(tmp_path_factory):
     runs = task_runs(tmp_path_factory.mktemp("strategy"))
-    env = {**os.environ, "FMKERAS_CPU_REPLICAS": "2", "TF_CPP_MIN_LOG_LEVEL": "2",
-           "PYTHONPATH": REPO}
+    env = replicas_env(FMKERAS_CPU_REPLICAS="2", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
     proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(runs), "mirrored"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -144,6 +144,15 @@ def make_strategy(name="auto", collective_timeout=DEFAULT_COLLECTIVE_TIMEOUT):
     return _tpu_strategy()
 
 
+def _onednn_enabled():
+    """Whether TensorFlow runs its oneDNN kernels (``TF_ENABLE_ONEDNN_OPTS``, CPU)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:  # pragma: no cover - a TensorFlow without the switch
+        return False
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
 def _mirrored_devices():
     """All GPUs; without GPUs, every logical CPU (``FMKERAS_CPU_REPLICAS`` makes N).
 
@@ -175,6 +184,12 @@ def _mirrored_devices():
                 f"{len(devices)} CPU device(s) in this process, so the run uses "
                 f"{len(devices)}. Set it before TensorFlow starts (a fresh process or kernel).",
                 UserWarning, stacklevel=2)
+        if count > 1 and _onednn_enabled():
+            warnings.warn(
+                f"FMKERAS_CPU_REPLICAS={count} with TensorFlow's oneDNN kernels on: replicas "
+                "on logical CPUs can crash TensorFlow (segmentation faults on Intel CPUs with "
+                "AVX-512). Expected TF_ENABLE_ONEDNN_OPTS=0 set before TensorFlow starts "
+                "(python -m fmkeras.train sets it).", UserWarning, stacklevel=2)
     return [d.name for d in tf.config.list_logical_devices("CPU")]
 
 
