@@ -225,6 +225,14 @@ _MIRRORED_SCRIPT = textwrap.dedent(
     gap = gap_after_one_step(8)
     # Replicas of 4 and 3 images: each divides by the 7 of the step, not its count times 2.
     uneven_gap = gap_after_one_step(7)
+    # One image: the second replica's share is empty; it runs one blank image of weight 0.
+    empty_gap = gap_after_one_step(1)
+    # Nine images in batches of 8: each epoch ends with an empty share. Batch norm's
+    # statistics of no images were NaN, and the second epoch's losses and weights too.
+    nine = build(strategy)
+    nine_history = nine.fit(x[:9], batch_size=8, epochs=2, verbose=0).history
+    nine_finite = bool(all(np.isfinite(v).all() for v in nine_history.values())
+                       and all(np.isfinite(w).all() for w in nine.get_weights()))
 
     # Mixed precision: an overflow on the second replica only must skip the
     # step for both networks on both replicas.
@@ -240,6 +248,8 @@ _MIRRORED_SCRIPT = textwrap.dedent(
         "all_moved": bool(all(moved)),
         "single_vs_mirrored_gap": gap,
         "uneven_gap": uneven_gap,
+        "empty_gap": empty_gap,
+        "nine_finite": nine_finite,
         "skipped": not any(not np.array_equal(a, w.numpy())
                            for a, w in zip(before, mixed.trainable_weights)),
         "scales": [float(mixed.d_optimizer.dynamic_scale.numpy()),
@@ -267,6 +277,7 @@ def test_trains_under_mirrored_strategy_on_two_logical_cpus():
     assert report["replicas"] == 2
     assert report["finite"] and report["all_moved"] and report["skipped"]
     assert report["single_vs_mirrored_gap"] < 1e-5 and report["uneven_gap"] < 1e-5
+    assert report["empty_gap"] < 1e-5 and report["nine_finite"]
     d_scale, g_scale = report["scales"]
     assert d_scale == g_scale / 2  # only the discriminator overflowed
 

@@ -50,6 +50,24 @@ def sum_over_replicas(value):
     return ctx.all_reduce(tf.distribute.ReduceOp.SUM, value)
 
 
+def at_least_one(batch):
+    """``batch`` with one blank (zero) example appended when it has none.
+
+    A replica's share of a last, partial batch may be empty. Run as one blank
+    example of weight 0 instead, it adds no gradient, where an empty batch
+    would give batch norm NaN statistics (NaN weights after the step) and, on
+    Intel CPUs with AVX-512, oneDNN's ``Conv2D`` returns an empty input
+    unchanged. Also used by :class:`fmkeras.models.SimCLR`.
+
+    Example:
+
+    >>> at_least_one(tf.zeros((0, 4, 4, 1))).shape, at_least_one(tf.ones((3, 2))).shape
+    (TensorShape([1, 4, 4, 1]), TensorShape([3, 2]))
+    """
+    blank = tf.maximum(1 - tf.shape(batch)[0], 0)
+    return tf.pad(batch, [[0, blank]] + [[0, 0]] * (batch.shape.rank - 1))
+
+
 def _keep_loss_scale(optimizer, flag):
     """Doubles `optimizer`'s loss scale where `flag` is true (undoing a skip's halving)."""
 
@@ -298,12 +316,21 @@ class GAN(keras.Model):
         g_losses = _sigmoid_bce(tf.ones_like(fake_logits), fake_logits)
         return d_losses, g_losses, real_logits, fake_logits
 
-    def _update_metrics(self, d_losses, g_losses, real_logits, fake_logits):
-        self.d_loss_tracker.update_state(d_losses)
-        self.g_loss_tracker.update_state(g_losses)
-        self.d_real_tracker.update_state(tf.sigmoid(real_logits))
-        self.d_fake_tracker.update_state(tf.sigmoid(fake_logits))
+    def _update_metrics(self, d_losses, g_losses, real_logits, fake_logits, weights):
+        self.d_loss_tracker.update_state(d_losses, sample_weight=weights)
+        self.g_loss_tracker.update_state(g_losses, sample_weight=weights)
+        self.d_real_tracker.update_state(tf.sigmoid(real_logits), sample_weight=weights)
+        self.d_fake_tracker.update_state(tf.sigmoid(fake_logits), sample_weight=weights)
         return {m.name: m.result() for m in self.metrics}
+
+    def _padded(self, data):
+        """Real images and labels (one blank if there are none) and each one's weight."""
+        real, labels = self._unpack(data)
+        count = tf.shape(real)[0]
+        real = at_least_one(real)
+        labels = at_least_one(labels) if labels is not None else None
+        weights = tf.cast(tf.range(tf.shape(real)[0]) < count, "float32")[:, None]
+        return real, labels, count, weights
 
     def _apply_both_or_neither(self, d_grads, g_grads):
         d_vars = self.discriminator.trainable_variables
@@ -352,13 +379,13 @@ class GAN(keras.Model):
         return [self.d_optimizer, self.g_optimizer]
 
     def train_step(self, data):
-        real, labels = self._unpack(data)
+        real, labels, count, weights = self._padded(data)
         # The images of all replicas: a last, partial batch may leave one empty.
-        global_batch = tf.maximum(sum_over_replicas(tf.cast(tf.shape(real)[0], "float32")), 1.0)
+        global_batch = tf.maximum(sum_over_replicas(tf.cast(count, "float32")), 1.0)
         with tf.GradientTape() as d_tape, tf.GradientTape() as g_tape:
             d_losses, g_losses, real_logits, fake_logits = self._forward(real, labels, True)
-            d_loss = tf.reduce_sum(d_losses) / global_batch
-            g_loss = tf.reduce_sum(g_losses) / global_batch
+            d_loss = tf.reduce_sum(d_losses * weights) / global_batch
+            g_loss = tf.reduce_sum(g_losses * weights) / global_batch
             if isinstance(self.d_optimizer, keras.optimizers.LossScaleOptimizer):
                 d_loss = self.d_optimizer.scale_loss(d_loss)
             if isinstance(self.g_optimizer, keras.optimizers.LossScaleOptimizer):
@@ -366,8 +393,8 @@ class GAN(keras.Model):
         d_grads = d_tape.gradient(d_loss, self.discriminator.trainable_variables)
         g_grads = g_tape.gradient(g_loss, self.generator.trainable_variables)
         self._apply_both_or_neither(d_grads, g_grads)
-        return self._update_metrics(d_losses, g_losses, real_logits, fake_logits)
+        return self._update_metrics(d_losses, g_losses, real_logits, fake_logits, weights)
 
     def test_step(self, data):
-        real, labels = self._unpack(data)
-        return self._update_metrics(*self._forward(real, labels, False))
+        real, labels, _, weights = self._padded(data)
+        return self._update_metrics(*self._forward(real, labels, False), weights)

@@ -17,7 +17,7 @@ import keras
 from fmkeras._lazy import tf
 from fmkeras.data.augment import Augmentation, augment_images
 from fmkeras.models._checks import check_model
-from fmkeras.models.gan import sum_over_replicas
+from fmkeras.models.gan import at_least_one, sum_over_replicas
 
 # Random crops (zoom in up to 1/0.6), small shifts and rotations, flips, brightness.
 DEFAULT_AUGMENTATION = Augmentation(rotation_range=15.0, width_shift_range=0.1,
@@ -146,11 +146,8 @@ class SimCLR(keras.Model):
         count = tf.cast(tf.shape(images)[0], tf.float32)
         weight = tf.where(count >= 2.0, count, 0.0)
         # A replica's empty share of a last, partial batch runs as one blank
-        # image (weight 0, so no gradient): TensorFlow's oneDNN convolutions
-        # (Intel CPUs with AVX-512) return their input unchanged for an empty
-        # batch, and batch norm's statistics of no images are NaN.
-        blank = tf.maximum(1 - tf.shape(images)[0], 0)
-        images = tf.pad(images, [[0, blank]] + [[0, 0]] * (images.shape.rank - 1))
+        # image (weight 0, so no gradient).
+        images = at_least_one(images)
         views = []
         for _ in range(2):
             seed = keras.random.randint((2,), 0, 2**31 - 1, seed=self.seed_generator)
