@@ -632,9 +632,9 @@ def merge_small_batches(dataset, size, samples=None, batch_size=None):
         (held, holding), (batch, last) = state, element
         small = tf.shape(tf.nest.flatten(batch)[0])[0] < size
         join = holding & (last | small)
-        joined = tf.nest.map_structure(lambda a, b: tf.concat([a, b], 0), held, batch)
-        out = tf.nest.map_structure(lambda a, b: tf.cond(join, lambda: a, lambda: b),
-                                    joined, held)
+        # Joined only when it is due (a batch's copy costs memory, not just time).
+        out = tf.nest.map_structure(
+            lambda a, b: tf.cond(join, lambda: tf.concat([a, b], 0), lambda: a), held, batch)
         keep = tf.nest.map_structure(lambda e, b: tf.cond(join, lambda: e, lambda: b),
                                      empty, batch)
         return (keep, ~join | ~holding), (out, holding)
