@@ -219,16 +219,24 @@ def test_fast_cnn_is_adapted_to_the_training_images_before_fit(tmp_path):
     assert result.metrics["precision_policy"] == "float32"
 
 
-def test_cifar10_fast_preset_runs_on_a_small_folder(tmp_path):
+@pytest.mark.parametrize("preset, policy, widths", [
+    ("cifar10_fast", "float32", [32, 128, 128]),
+    ("cifar10_fast_bf16", "mixed_bfloat16", [64, 256, 256]),
+])
+def test_cifar10_fast_preset_runs_on_a_small_folder(tmp_path, preset, policy, widths):
     data = write_image_folder(tmp_path / "imgs", classes=("a", "b", "c"), per_class=12,
                               size=(32, 32))
-    config = config_lib.load_config(task.ImageClassificationConfig, "cifar10_fast", [
+    config = config_lib.load_config(task.ImageClassificationConfig, preset, [
         f"data.path={data}", f"run_dir={tmp_path / 'run'}", "data.batch_size=8",
         "data.validation_split=0.0", "train.epochs=5", "train.verbose=0",
         "train.learning_rate=0.1",  # the preset's 1.5 is for batches of 1024
         "export.enabled=false"])
     result = task.run(config)
     assert result.model.name == "fast_cnn"
+    assert result.metrics["precision_policy"] == policy
+    assert [layer.filters for layer in result.model.layers
+            if isinstance(layer, keras.layers.Conv2D) and layer.kernel_size == (3, 3)][::2] \
+        == widths  # two 3x3 convolutions a block
     assert result.model.optimizer.momentum == pytest.approx(0.85)
     assert result.model.optimizer.norm_bias_lr_scale == 64.0
     rows = read_rows(os.path.join(result.run_dir, "history.csv"))
@@ -253,6 +261,32 @@ def test_cifar10_fast_benchmark_test_time_augmentation():
     assert plain == 0.5 and flip == 0.5 and 0.0 <= shifted <= 1.0
     moved = bench._shifted(images, 1, 1)
     np.testing.assert_array_equal(moved[:, :, :2], images[:, :, 1:3])
+
+
+def test_cpu_bf16_flags_reads_the_flags_line(tmp_path):
+    from fmkeras.training.precision import cpu_bf16_flags
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Some Xeon\n"
+                    "flags\t\t: fpu avx512f amx_bf16 amx_tile avx512_bf16\n")
+    assert cpu_bf16_flags(str(info)) == ("avx512_bf16", "amx_bf16")
+    info.write_text("flags\t\t: fpu avx2 avx512f avx512_vnni\n")
+    assert cpu_bf16_flags(str(info)) == ()
+    assert cpu_bf16_flags(str(tmp_path / "missing")) == ()
+
+
+def test_cifar10_fast_benchmark_picks_the_bf16_preset_only_with_bf16_units(monkeypatch):
+    from conftest import load_script
+
+    from fmkeras.training import precision
+
+    bench = load_script("benchmarks", "cifar10_fast.py")
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: ("amx_bf16",))
+    assert bench.choose_preset("auto") == ("cifar10_fast_bf16", "CPU bfloat16 units: AMX_BF16")
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: ())
+    preset, reason = bench.choose_preset("auto")
+    assert preset == "cifar10_fast" and "no bfloat16 units" in reason
+    assert bench.choose_preset("cifar10_fast_bf16") == ("cifar10_fast_bf16", "asked for")
 
 
 def test_cifar10_fast_benchmark_rejects_a_bad_override_before_extracting(tmp_path, capsys):

@@ -23,6 +23,39 @@ def _gpu_compute_capability():
     return best
 
 
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_bf16_flags(cpuinfo="/proc/cpuinfo"):
+    """The bfloat16 instruction sets this CPU advertises, as a tuple of flag names.
+
+    ``avx512_bf16`` (bf16 dot products) and ``amx_bf16`` (bf16 matrix tiles)
+    are the ones TensorFlow's oneDNN kernels use for ``mixed_bfloat16``;
+    without either, bfloat16 math on a CPU is emulated and usually slower
+    than float32. Read from Linux's ``/proc/cpuinfo``; an empty tuple where
+    that file cannot be read (another OS), so callers fall back to float32.
+
+    Args:
+        cpuinfo: str. The file to read.
+
+    Example:
+
+    >>> set(cpu_bf16_flags()) <= set(BF16_CPU_FLAGS)
+    True
+    >>> cpu_bf16_flags("/no/such/file")
+    ()
+    """
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[-1].split())
+                    return tuple(flag for flag in BF16_CPU_FLAGS if flag in flags)
+    except OSError:
+        pass
+    return ()
+
+
 def resolve_precision(precision="auto"):
     """Turn a ``precision`` setting into a Keras dtype policy name.
 
