@@ -14,6 +14,7 @@ from conftest import DIGITS, Stop, StopAt, write_image_folder
 
 from fmkeras import config as config_lib
 from fmkeras.data.images import index_directory
+from fmkeras.errors import ConfigError
 from fmkeras.tasks import image_classification as task
 from fmkeras.training.callbacks import NonFiniteLossError
 
@@ -261,6 +262,25 @@ def test_cifar10_fast_benchmark_test_time_augmentation():
     assert plain == 0.5 and flip == 0.5 and 0.0 <= shifted <= 1.0
     moved = bench._shifted(images, 1, 1)
     np.testing.assert_array_equal(moved[:, :, :2], images[:, :, 1:3])
+
+
+def test_lookahead_trains_changes_the_weights_and_must_match_to_resume(tmp_path):
+    data = write_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=8)
+    settings = ("export.enabled=false", "train.epochs=4", "train.learning_rate=0.01")
+    plain = tiny_config(data, tmp_path / "plain", *settings)
+    averaged = tiny_config(data, tmp_path / "averaged", *settings, "train.lookahead=true")
+    final = []  # the weights fit ends with (the run then loads its best checkpoint)
+    spy = keras.callbacks.LambdaCallback(
+        on_train_end=lambda logs: final.append(spy.model.get_weights()))
+    results = [task.run(config, callbacks=[spy]) for config in (plain, averaged)]
+    rows = read_rows(os.path.join(results[1].run_dir, "history.csv"))
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    assert not all(np.allclose(a, b) for a, b in zip(*final))
+    splits = task.make_datasets(averaged)
+    assert task.resume_identity(averaged, splits)["optimizer"]["lookahead"] is True
+    assert "lookahead" not in task.resume_identity(plain, splits)["optimizer"]
+    with pytest.raises(ConfigError, match="train.lookahead"):
+        tiny_config(data, tmp_path / "bad", "train.lookahead=maybe")
 
 
 def test_cpu_bf16_flags_reads_the_flags_line(tmp_path):

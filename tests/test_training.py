@@ -304,3 +304,99 @@ def test_epoch_tensorboard_writes_epoch_scalars_only(tmp_path):
             tags += [(v.tag, event.step) for v in event.summary.value]
     assert ("epoch_loss", 0) in tags and ("epoch_loss", 1) in tags
     assert not [tag for tag, _ in tags if tag.startswith("batch_")]
+
+
+def _lookahead_model():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1),
+                              keras.layers.BatchNormalization()])
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    return model
+
+
+def _set_state(model, step, value):
+    model.optimizer.iterations.assign(step)
+    for variable in model.variables:
+        if "float" in variable.dtype:
+            variable.assign(np.full(variable.shape, value, "float32"))
+
+
+def test_lookahead_averages_every_float_variable_with_a_rising_decay():
+    from fmkeras.training.callbacks import Lookahead
+
+    model = _lookahead_model()
+    model.optimizer.build(model.trainable_variables)
+    lookahead = Lookahead(total_steps=10, every=5, decay=0.5, power=1.0)
+    lookahead.set_model(model)
+    lookahead.on_train_begin()
+    _set_state(model, 4, 1.0)
+    lookahead.on_train_batch_end(3)  # not due: the weights are left alone
+    assert float(model.layers[0].kernel.numpy()[0, 0]) == 1.0
+    _set_state(model, 5, 2.0)
+    lookahead.on_train_batch_end(4)  # first update: the average starts at the weights
+    _set_state(model, 10, 4.0)
+    lookahead.on_train_batch_end(9)  # the last step: decay 0.5 * (10 / 10)
+    batch_norm = model.layers[1]
+    for variable in (model.layers[0].kernel, model.layers[0].bias, batch_norm.gamma,
+                     batch_norm.moving_mean, batch_norm.moving_variance):
+        np.testing.assert_allclose(variable.numpy(), 2.0 + 0.5 * (4.0 - 2.0))
+    _set_state(model, 11, 7.0)
+    lookahead.on_train_batch_end(10)  # past the end: left alone
+    assert float(model.layers[0].bias.numpy()[0]) == 7.0
+    assert int(model.optimizer.iterations) == 11  # the step counter is not averaged
+
+
+def test_lookahead_updates_when_a_call_covers_several_steps():
+    from fmkeras.training.callbacks import Lookahead
+
+    model = _lookahead_model()
+    model.optimizer.build(model.trainable_variables)
+    lookahead = Lookahead(total_steps=100, every=5, decay=0.5, power=0.0)
+    lookahead.set_model(model)
+    _set_state(model, 3, 1.0)
+    lookahead.on_train_begin()
+    _set_state(model, 7, 3.0)  # steps 4-7 in one call (steps_per_execution=4): 5 crossed
+    lookahead.on_train_batch_end(0)
+    _set_state(model, 9, 5.0)  # 8-9: no multiple of 5
+    lookahead.on_train_batch_end(1)
+    assert float(model.layers[0].bias.numpy()[0]) == 5.0
+    _set_state(model, 11, 5.0)  # 10 crossed: 3 + 0.5 * (5 - 3)
+    lookahead.on_train_batch_end(2)
+    assert float(model.layers[0].bias.numpy()[0]) == 4.0
+
+
+def test_lookahead_in_fit_trains_and_matches_under_a_one_device_strategy():
+    import tensorflow as tf
+
+    from fmkeras.training.callbacks import Lookahead
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 2)).astype("float32")
+    y = x @ np.array([[1.5], [-2.0]], "float32") + 0.5
+
+    def train(strategy):
+        keras.utils.set_random_seed(3)
+        with strategy.scope():
+            model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+            model.compile(keras.optimizers.SGD(0.05), "mse")
+        history = model.fit(x, y, batch_size=8, epochs=4, shuffle=False, verbose=0,
+                            callbacks=[Lookahead(total_steps=32, every=5)])
+        return model.get_weights(), history.history["loss"]
+
+    weights, losses = train(tf.distribute.get_strategy())
+    assert losses[-1] < 0.5 * losses[0]
+    mirrored, _ = train(tf.distribute.MirroredStrategy(["/cpu:0"]))
+    for a, b in zip(weights, mirrored):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"total_steps": 0}, "total_steps must be an integer of at least 1. Received: total_steps=0"),
+    ({"total_steps": 10, "every": 2.5}, "every must be an integer of at least 1. "
+                                        "Received: every=2.5"),
+    ({"total_steps": 10, "decay": 1.0}, r"decay must be in \[0, 1\). Received: decay=1.0"),
+])
+def test_lookahead_bad_settings_name_what_was_received(kwargs, message):
+    from fmkeras.training.callbacks import Lookahead
+
+    with pytest.raises(ValueError, match=message):
+        Lookahead(**kwargs)

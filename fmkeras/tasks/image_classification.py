@@ -128,6 +128,9 @@ class TrainConfig:
     (:class:`fmkeras.training.optimizers.MuonSGD`) trains convolution
     kernels with Muon, steps of ``muon_scale`` times the learning rate with
     Nesterov momentum ``muon_momentum``, and the rest as ``sgd``.
+    ``lookahead: true`` adds airbench's lookahead
+    (:class:`fmkeras.training.callbacks.Lookahead`): every 5 steps the weights
+    are set to an average of themselves whose decay rises to ``0.95 ** 5``.
     """
 
     epochs: int = 15
@@ -141,6 +144,7 @@ class TrainConfig:
     schedule: str = "cosine"
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
+    lookahead: bool = False
     early_stopping_patience: int | None = None
     steps_per_execution: int = 1
     verbose: int | str = "auto"
@@ -383,6 +387,8 @@ def resume_identity(config, splits):
         "warmup_epochs", "label_smoothing")}
     if config.train.norm_bias_lr_scale != 1:  # runs from before the key still resume
         optimizer["norm_bias_lr_scale"] = config.train.norm_bias_lr_scale
+    if config.train.lookahead:  # likewise
+        optimizer["lookahead"] = True
     if config.train.optimizer == "muon":
         optimizer["muon_scale"] = config.train.muon_scale
         optimizer["muon_momentum"] = config.train.muon_momentum
@@ -567,6 +573,8 @@ def run(config, callbacks=()):
             metrics=["accuracy"], jit_compile=config.jit_compile,
             steps_per_execution=train.steps_per_execution)
     monitor = "val_loss" if splits.validation is not None else "loss"
+    if train.lookahead:
+        callbacks = [callbacks_lib.Lookahead(steps * train.epochs), *callbacks]
     callbacks = callbacks_lib.standard_callbacks(
         run_dir, monitor=monitor, early_stopping_patience=train.early_stopping_patience,
         reduce_lr_patience=2 if train.schedule == "plateau" else None, resume=resume,

@@ -142,6 +142,81 @@ class EpochSeeds(keras.callbacks.Callback):
                                             dtype=generator.state.dtype))
 
 
+class Lookahead(keras.callbacks.Callback):
+    """airbench's lookahead: every ``every`` steps, move an average toward the weights, then
+    set the weights to it, and once more at the last step.
+
+    The average covers every floating-point variable of the model, batch-norm
+    moving statistics included. Its decay at step ``t`` of ``total_steps`` is
+    ``decay * (t / total_steps) ** power``: zero at first (the weights train
+    freely), rising to ``decay`` at the end, when the average smooths the
+    noise of the last, small steps of a one-cycle schedule. The step is the
+    optimizer's ``iterations``, so a resumed run (``BackupAndRestore``) keeps
+    its place in the schedule; its average restarts from the restored weights.
+
+    Args:
+        total_steps: int. The run's optimizer steps.
+        every: int. Steps between updates (airbench: 5).
+        decay: float in [0, 1). The last update's decay (airbench: ``0.95 ** 5``).
+        power: float. Shape of the decay's rise (airbench: 3).
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> model.compile("sgd", "mse")
+    >>> history = model.fit(np.ones((8, 2)), np.ones((8, 1)), batch_size=2, epochs=2,
+    ...                     verbose=0, callbacks=[Lookahead(total_steps=8, every=2)])
+    >>> int(model.optimizer.iterations)
+    8
+    """
+
+    def __init__(self, total_steps, every=5, decay=0.95 ** 5, power=3.0):
+        super().__init__()
+        for name, value, low in (("total_steps", total_steps, 1), ("every", every, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"Lookahead's {name} must be an integer of at least {low}. "
+                                 f"Received: {name}={value!r}")
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"Lookahead's decay must be in [0, 1). Received: decay={decay!r}")
+        self.total_steps, self.every = total_steps, every
+        self.decay, self.power = float(decay), float(power)
+        self._average = None
+
+    def _variables(self):
+        return [v for v in self.model.variables
+                if "float" in keras.backend.standardize_dtype(v.dtype)]
+
+    def on_train_begin(self, logs=None):
+        self._average = None  # from the weights of this fit (or of the restored backup)
+        self._last = self._step()
+
+    def on_train_batch_end(self, batch, logs=None):
+        # With steps_per_execution, a call can cover several steps: an update is due
+        # whenever the steps since the last call cross a multiple of ``every``.
+        step = self._step()
+        last, self._last = self._last, step
+        if step > self.total_steps:
+            return
+        if step // self.every > last // self.every or step == self.total_steps:
+            self._apply(self.decay * (step / self.total_steps) ** self.power)
+
+    def _step(self):
+        # A MirroredVariable under a strategy: read through numpy, not int().
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
+    def _apply(self, decay):
+        variables = self._variables()
+        weights = [np.asarray(keras.ops.convert_to_numpy(v), np.float32) for v in variables]
+        if self._average is None:
+            self._average = weights
+        else:
+            for average, weight in zip(self._average, weights):
+                average += (1.0 - decay) * (weight - average)
+        for variable, average in zip(variables, self._average):
+            variable.assign(average.astype(keras.backend.standardize_dtype(variable.dtype)))
+
+
 class BestCheckpoint(keras.callbacks.ModelCheckpoint):
     """``ModelCheckpoint(save_best_only=True)`` whose best value survives a resume.
 
