@@ -181,7 +181,7 @@ class Lookahead(keras.callbacks.Callback):
             raise ValueError(f"Lookahead's decay must be in [0, 1). Received: decay={decay!r}")
         self.total_steps, self.every = total_steps, every
         self.decay, self.power = float(decay), float(power)
-        self._average = None
+        self._average, self._last = None, 0
 
     def _variables(self):
         return [v for v in self.model.variables
