@@ -400,3 +400,15 @@ def test_lookahead_bad_settings_name_what_was_received(kwargs, message):
 
     with pytest.raises(ValueError, match=message):
         Lookahead(**kwargs)
+
+
+def test_precision_benchmark_times_fast_cnn_at_both_preset_widths_in_both_policies():
+    from conftest import load_script
+
+    bench = load_script("benchmarks", "precision.py")
+    rows = bench.fast_cnn_rows(batch=4, steps=1)
+    assert [(w, p) for w, p, _ in rows] == [
+        ((32, 128, 128), "float32"), ((32, 128, 128), "mixed_bfloat16"),
+        ((64, 256, 256), "float32"), ((64, 256, 256), "mixed_bfloat16")]
+    assert all(0 < seconds < 60 for _, _, seconds in rows)
+    assert keras.mixed_precision.global_policy().name == "float32"

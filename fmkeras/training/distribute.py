@@ -498,7 +498,28 @@ def device_name():
     return "CPU"
 
 
-def _seconds_per_step(model_builder, sample_batch, jit_compile, loss, steps):
+def seconds_per_step(model_builder, sample_batch, jit_compile=False,
+                     loss="categorical_crossentropy", steps=5):
+    """Seconds per ``train_on_batch`` step of a fresh model, after two warm-up steps.
+
+    ``float("inf")`` where ``jit_compile`` is asked for but Keras compiles
+    without XLA (a layer without XLA support, or TensorFlow op determinism).
+
+    Args:
+        model_builder: callable returning a fresh uncompiled ``keras.Model``;
+            the global dtype policy in force when it is called applies.
+        sample_batch: ``(x, y)`` arrays of one batch.
+        jit_compile: bool. Compile with XLA.
+        loss: loss for the timing compile (optimizer: plain SGD).
+        steps: int. Timed steps.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> build = lambda: keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    >>> seconds_per_step(build, (np.zeros((8, 4)), np.zeros((8, 2))), loss="mse", steps=2) > 0
+    True
+    """
     model = model_builder()
     with warnings.catch_warnings():
         # Keras warns and compiles without XLA where the model cannot use it
@@ -536,9 +557,9 @@ def measure_jit_compile(model_builder, sample_batch, loss="categorical_crossentr
     >>> sorted(t)
     [False, True]
     """
-    timings = {False: _seconds_per_step(model_builder, sample_batch, False, loss, steps)}
+    timings = {False: seconds_per_step(model_builder, sample_batch, False, loss, steps)}
     try:
-        timings[True] = _seconds_per_step(model_builder, sample_batch, True, loss, steps)
+        timings[True] = seconds_per_step(model_builder, sample_batch, True, loss, steps)
     except (tf.errors.OpError, ValueError, NotImplementedError):
         timings[True] = float("inf")
     return timings
