@@ -48,7 +48,8 @@ def task_runs(root):
         "image-classification": [f"data.path={images}", "data.image_size=16",
                                  "data.batch_size=4", "train.epochs=2",
                                  "train.warmup_epochs=0", "model.filters=[4]",
-                                 "model.dense_units=8", "export.check=false"],
+                                 "model.dense_units=8", "export.check=false",
+                                 "train.lookahead=true"],  # assigns across replicas
         "text-classification": [f"data.path={tsv}", "data.sequence_length=8",
                                 "data.batch_size=4", "train.epochs=1", "model.d_model=8",
                                 "model.num_heads=2", "model.ff_dim=8", "export.enabled=false"],
