@@ -17,14 +17,16 @@ image and its mirror, averaged) and with flip and 1-pixel shifts.
 
 ``--preset auto`` (the default) picks ``cifar10_fast_bf16`` (the same recipe
 at airbench94's full width, 64/256/256, in ``mixed_bfloat16``, 13 epochs) on a
-GPU or on a CPU with bfloat16 units (AVX512_BF16 or AMX_BF16), where a bf16
-step takes about half the float32 time, and ``cifar10_fast`` (half width,
-float32, 17 epochs) elsewhere.
+GPU, and on a CPU with bfloat16 units (AVX512_BF16, AMX_BF16) where a few
+timed steps of that network put its training within the budget (with
+AMX a bf16 step takes about half the float32 time; with AVX512_BF16 alone,
+on an Intel Xeon, 1.6 times as long); ``cifar10_fast`` (half width, float32, 17 epochs) elsewhere.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import shutil
@@ -74,16 +76,64 @@ def cpu_model():
 
 
 PRESETS = ("cifar10_fast", "cifar10_fast_bf16")
+CIFAR10_TRAIN_IMAGES = 50_000
 
 
-def choose_preset(preset="auto"):
+def estimated_training_seconds(config, train_images, steps=3):
+    """Seconds ``config``'s ``fit`` would take here, from a few timed steps of its network.
+
+    Builds the preset's network in its precision, times ``steps``
+    ``train_on_batch`` calls at its batch size after two warm-up calls, and
+    multiplies by the run's steps (epochs times batches of ``train_images``).
+
+    Example:
+
+    >>> from fmkeras.tasks import image_classification as task
+    >>> from fmkeras.train import load_task_config
+    >>> _, config = load_task_config(task.TASK, "cifar10_fast_bf16",
+    ...                              ["data.batch_size=8", "model.filters=[8,8,8]"])
+    >>> estimated_training_seconds(config, train_images=16, steps=1) > 0
+    True
+    """
+    from fmkeras.tasks import image_classification as task
+    from fmkeras.training import distribute
+    from fmkeras.training.precision import global_settings_kept, set_precision
+
+    batch, size = config.data.batch_size, config.data.image_size
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (batch, size, size, 3)).astype("float32")
+    y = np.eye(10, dtype="float32")[np.arange(batch) % 10]
+    with global_settings_kept():
+        set_precision(config.precision)
+        seconds = distribute.seconds_per_step(
+            lambda: task.build_model(config.model, (size, size, 3), 10), (x, y), steps=steps)
+    return seconds * config.train.epochs * math.ceil(train_images / batch)
+
+
+def choose_preset(preset="auto", estimate=None, budget_s=900.0):
     """``(preset name, reason)``: ``auto`` resolved for this machine.
+
+    ``auto`` takes ``cifar10_fast_bf16`` on a GPU; on a CPU with bfloat16
+    units (AVX512_BF16, AMX_BF16) when ``estimate()``, its measured training
+    time in seconds, is within ``budget_s``; ``cifar10_fast``
+    otherwise. The flags alone do not settle it: on an Intel Xeon with
+    oneDNN kept off AMX, a bf16 step of this network took 1.6x the float32
+    time (``benchmarks/README.scaling.md``), and 13 full-width epochs would
+    take 40 minutes.
+
+    Args:
+        preset: ``"auto"`` or one of :data:`PRESETS`.
+        estimate: callable returning ``cifar10_fast_bf16``'s training
+            seconds here; called only on a CPU with bfloat16 units. Default:
+            :func:`estimated_training_seconds` of the preset as shipped, on
+            90% of CIFAR-10's 50,000 training images.
+        budget_s: float. The training time budget.
 
     Example:
 
     >>> choose_preset("cifar10_fast")
     ('cifar10_fast', 'asked for')
-    >>> choose_preset("auto")[0] in PRESETS
+    >>> choose_preset("auto", estimate=lambda: 60.0)[0] in PRESETS
     True
     """
     if preset != "auto":
@@ -93,9 +143,22 @@ def choose_preset(preset="auto"):
     if tf.config.list_physical_devices("GPU"):
         return "cifar10_fast_bf16", "a GPU"
     flags = cpu_bf16_flags()
-    if flags:
-        return "cifar10_fast_bf16", "CPU bfloat16 units: " + ", ".join(f.upper() for f in flags)
-    return "cifar10_fast", "no GPU, and no bfloat16 units (AVX512_BF16, AMX_BF16) on this CPU"
+    if not flags:
+        return "cifar10_fast", "no GPU, and no bfloat16 units (AVX512_BF16, AMX_BF16) on this CPU"
+    if estimate is None:
+        from fmkeras.tasks import image_classification as task
+        from fmkeras.train import load_task_config
+
+        _, config = load_task_config(task.TASK, "cifar10_fast_bf16", [])
+        estimate = lambda: estimated_training_seconds(  # noqa: E731
+            config, math.ceil(0.9 * CIFAR10_TRAIN_IMAGES))
+    units = "CPU bfloat16 units: " + ", ".join(f.upper() for f in flags)
+    seconds = estimate()
+    verdict = (f"{units}; cifar10_fast_bf16's training estimated at {seconds / 60:.1f} min "
+               f"for a {budget_s / 60:g}-min budget")
+    if seconds <= budget_s:
+        return "cifar10_fast_bf16", verdict
+    return "cifar10_fast", verdict + ": too slow here, so the half width in float32"
 
 
 def class_folders(archive):
@@ -157,8 +220,9 @@ def main(argv=None):
     parser.add_argument("--minutes", type=positive(float), default=15.0,
                         help="training time budget")
     parser.add_argument("--preset", choices=("auto",) + PRESETS, default="auto",
-                        help="auto: cifar10_fast_bf16 on a GPU or a CPU with bfloat16 units, "
-                             "else cifar10_fast")
+                        help="auto: cifar10_fast_bf16 on a GPU, or on a CPU with bfloat16 units "
+                             "where its measured training time fits the budget; else "
+                             "cifar10_fast")
     parser.add_argument("--images", type=positive(int), default=None, help="train on a subset")
     parser.add_argument("--epochs", type=positive(int), default=None, help="override train.epochs")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -182,12 +246,19 @@ def main(argv=None):
     if args.epochs:
         overrides.append(f"train.epochs={args.epochs}")
     overrides += args.set
-    preset, reason = choose_preset(args.preset)
     try:
-        _, config = load_task_config(task.TASK, preset, overrides)
+        configs = {name: load_task_config(task.TASK, name, overrides)[1]
+                   for name in (PRESETS if args.preset == "auto" else (args.preset,))}
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    full = configs.get("cifar10_fast_bf16")
+    held_out = full.data.test_split + full.data.validation_split if full else 0.0
+    train_images = math.ceil((1 - held_out) * (args.images or CIFAR10_TRAIN_IMAGES))
+    preset, reason = choose_preset(
+        args.preset, estimate=lambda: estimated_training_seconds(full, train_images),
+        budget_s=args.minutes * 60)
+    config = configs[preset]
     root = class_folders(args.archive)
     if args.images:
         subset(root, args.images)

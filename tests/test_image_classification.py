@@ -295,18 +295,57 @@ def test_cpu_bf16_flags_reads_the_flags_line(tmp_path):
     assert cpu_bf16_flags(str(tmp_path / "missing")) == ()
 
 
-def test_cifar10_fast_benchmark_picks_the_bf16_preset_only_with_bf16_units(monkeypatch):
+def test_cifar10_fast_benchmark_picks_the_bf16_preset_where_bf16_units_make_it_fit(monkeypatch):
     from conftest import load_script
 
     from fmkeras.training import precision
 
     bench = load_script("benchmarks", "cifar10_fast.py")
+    calls = []
+
+    def estimate(seconds):
+        return lambda: calls.append(seconds) or seconds
+
     monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: ("amx_bf16",))
-    assert bench.choose_preset("auto") == ("cifar10_fast_bf16", "CPU bfloat16 units: AMX_BF16")
+    preset, reason = bench.choose_preset("auto", estimate(700.0), budget_s=900.0)
+    assert preset == "cifar10_fast_bf16"
+    assert reason.startswith("CPU bfloat16 units: AMX_BF16")
+    assert "estimated at 11.7 min for a 15-min budget" in reason
+    # bf16 units that do not make it fast enough (AVX512_BF16 without AMX): half width.
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: ("avx512_bf16",))
+    preset, reason = bench.choose_preset("auto", estimate(1400.0), budget_s=900.0)
+    assert preset == "cifar10_fast" and "AVX512_BF16" in reason and "too slow" in reason
+    assert bench.choose_preset("auto", estimate(1400.0), budget_s=1800.0)[0] == "cifar10_fast_bf16"
     monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: ())
-    preset, reason = bench.choose_preset("auto")
+    preset, reason = bench.choose_preset("auto", estimate(1.0))
     assert preset == "cifar10_fast" and "no bfloat16 units" in reason
     assert bench.choose_preset("cifar10_fast_bf16") == ("cifar10_fast_bf16", "asked for")
+    assert calls == [700.0, 1400.0, 1400.0]  # measured only on a CPU with bf16 units
+
+
+def test_cifar10_fast_benchmark_estimates_training_time_from_timed_steps(monkeypatch):
+    from conftest import load_script
+
+    from fmkeras.train import load_task_config
+    from fmkeras.training import distribute
+
+    bench = load_script("benchmarks", "cifar10_fast.py")
+    _, config = load_task_config(task.TASK, "cifar10_fast_bf16",
+                                 ["data.batch_size=4", "model.filters=[4,8,8]"])
+    seen = {}
+
+    def timed(builder, batch, steps):
+        model = builder()
+        seen.update(policy=model.dtype_policy.name, shape=batch[0].shape, steps=steps,
+                    widths=[layer.filters for layer in model.layers
+                            if isinstance(layer, keras.layers.Conv2D)][::2])
+        return 0.5
+
+    monkeypatch.setattr(distribute, "seconds_per_step", timed)
+    # 13 epochs of ceil(10 / 4) = 3 steps, half a second each.
+    assert bench.estimated_training_seconds(config, train_images=10, steps=2) == 13 * 3 * 0.5
+    assert seen == dict(policy="mixed_bfloat16", shape=(4, 32, 32, 3), steps=2, widths=[4, 8, 8])
+    assert keras.mixed_precision.global_policy().name == "float32"
 
 
 def test_cifar10_fast_benchmark_rejects_a_bad_override_before_extracting(tmp_path, capsys):
