@@ -39,6 +39,7 @@ import numpy as np
 import tensorflow as tf
 
 from fmkeras.train import positive
+from fmkeras.training.precision import cpu_model
 
 ARCHIVE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
                        "shared", "datasets", "cifar10-train-jpg.tar.gz")
@@ -61,18 +62,6 @@ class TimeBudget(keras.callbacks.Callback):
         if time.monotonic() - self.start > self.seconds:
             self.model.stop_training = True
             self.stopped_early = True
-
-
-def cpu_model():
-    """The CPU model from ``/proc/cpuinfo`` (Linux), else ``platform.processor()``."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 PRESETS = ("cifar10_fast", "cifar10_fast_bf16")

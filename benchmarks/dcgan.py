@@ -52,12 +52,9 @@ def machine():
     """CPU model, core count and TensorFlow version, for the printed report."""
     import tensorflow as tf
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
+    from fmkeras.training.precision import cpu_model
+
+    cpu = cpu_model()
     gpus = tf.config.list_physical_devices("GPU")
     return (f"{cpu}, {len(os.sched_getaffinity(0))} usable cores, "
             f"{len(gpus)} GPU(s), TF {tf.__version__}, Python {platform.python_version()}")

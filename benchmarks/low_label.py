@@ -82,14 +82,11 @@ def labelled_subset(root, fraction, dest, seed=0):
 
 def machine():
     """The CPU model (``/proc/cpuinfo``), core count and GPU, if any, in words."""
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f
-                        if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     import tensorflow as tf
+
+    from fmkeras.training.precision import cpu_model
+
+    name = cpu_model()
 
     gpus = [tf.config.experimental.get_device_details(d).get("device_name", d.name)
             for d in tf.config.list_physical_devices("GPU")]

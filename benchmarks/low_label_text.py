@@ -171,16 +171,9 @@ def write_classifier_file(path, train_rows, test_rows, seed=CLASSIFIER_SEED):
 
 def machine():
     """The CPU model (``/proc/cpuinfo``, else ``platform.processor()``) and core count."""
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {"cpu": name, "processor": platform.processor(), "cores": os.cpu_count(),
+    from fmkeras.training.precision import cpu_model
+
+    return {"cpu": cpu_model(), "processor": platform.processor(), "cores": os.cpu_count(),
             "platform": platform.platform()}
 
 

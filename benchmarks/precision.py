@@ -28,6 +28,7 @@ import tensorflow as tf
 from fmkeras import models
 from fmkeras.train import positive
 from fmkeras.training import distribute
+from fmkeras.training.precision import cpu_model
 
 
 def _cnn(batch):
@@ -65,18 +66,6 @@ def fast_cnn_rows(batch, steps):
                 keras.mixed_precision.set_global_policy("float32")
             rows.append((widths, policy, seconds))
     return rows
-
-
-def cpu_model():
-    """The CPU model from ``/proc/cpuinfo`` (Linux), else ``platform.processor()``."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def machine():

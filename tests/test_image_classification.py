@@ -284,14 +284,19 @@ def test_lookahead_trains_changes_the_weights_and_must_match_to_resume(tmp_path)
 
 
 def test_cpu_bf16_flags_reads_the_flags_line(tmp_path):
-    from fmkeras.training.precision import cpu_bf16_flags
+    import platform
+
+    from fmkeras.training.precision import cpu_bf16_flags, cpu_model
 
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nmodel name\t: Some Xeon\n"
+                    "vmx flags\t: ept vpid\n"
                     "flags\t\t: fpu avx512f amx_bf16 amx_tile avx512_bf16\n")
     assert cpu_bf16_flags(str(info)) == ("avx512_bf16", "amx_bf16")
+    assert cpu_model(str(info)) == "Some Xeon"
     info.write_text("flags\t\t: fpu avx2 avx512f avx512_vnni\n")
     assert cpu_bf16_flags(str(info)) == ()
+    assert cpu_model(str(info)) == (platform.processor() or platform.machine() or "unknown CPU")
     assert cpu_bf16_flags(str(tmp_path / "missing")) == ()
 
 

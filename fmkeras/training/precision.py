@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import platform
 
 import keras
 import tensorflow as tf
@@ -26,14 +27,30 @@ def _gpu_compute_capability():
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
+def _cpuinfo_field(name, cpuinfo):
+    """The value of the first ``name`` line of a ``/proc/cpuinfo``-style file, or None."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == name:
+                    return value.strip()
+    except OSError:
+        pass
+    return None
+
+
 def cpu_bf16_flags(cpuinfo="/proc/cpuinfo"):
     """The bfloat16 instruction sets this CPU advertises, as a tuple of flag names.
 
     ``avx512_bf16`` (bf16 dot products) and ``amx_bf16`` (bf16 matrix tiles)
     are the ones TensorFlow's oneDNN kernels use for ``mixed_bfloat16``;
     without either, bfloat16 math on a CPU is emulated and usually slower
-    than float32. Read from Linux's ``/proc/cpuinfo``; an empty tuple where
-    that file cannot be read (another OS), so callers fall back to float32.
+    than float32. Only AMX made bf16 clearly faster in fmkeras' benchmarks:
+    with ``avx512_bf16`` alone it can be slower than float32, so time it
+    (``benchmarks/precision.py``) before relying on it. Read from Linux's
+    ``/proc/cpuinfo``; an empty tuple where that file cannot be read
+    (another OS), so callers fall back to float32.
 
     Args:
         cpuinfo: str. The file to read.
@@ -45,15 +62,23 @@ def cpu_bf16_flags(cpuinfo="/proc/cpuinfo"):
     >>> cpu_bf16_flags("/no/such/file")
     ()
     """
-    try:
-        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[-1].split())
-                    return tuple(flag for flag in BF16_CPU_FLAGS if flag in flags)
-    except OSError:
-        pass
-    return ()
+    flags = set((_cpuinfo_field("flags", cpuinfo) or "").split())
+    return tuple(flag for flag in BF16_CPU_FLAGS if flag in flags)
+
+
+def cpu_model(cpuinfo="/proc/cpuinfo"):
+    """The CPU's model name, for reports: ``/proc/cpuinfo``'s, else ``platform.processor()``.
+
+    Args:
+        cpuinfo: str. The file to read.
+
+    Example:
+
+    >>> isinstance(cpu_model(), str) and cpu_model() != ""
+    True
+    """
+    return (_cpuinfo_field("model name", cpuinfo) or platform.processor()
+            or platform.machine() or "unknown CPU")
 
 
 def resolve_precision(precision="auto"):
