@@ -39,29 +39,12 @@ import numpy as np
 import tensorflow as tf
 
 from fmkeras.train import positive
+from fmkeras.training.callbacks import TimeBudget
 from fmkeras.training.precision import cpu_model
 
 ARCHIVE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
                        "shared", "datasets", "cifar10-train-jpg.tar.gz")
 EXTRACTED = os.path.join(tempfile.gettempdir(), "fmkeras-cifar10")
-
-
-class TimeBudget(keras.callbacks.Callback):
-    """Stop training once ``seconds`` of wall time have passed since ``fit`` started."""
-
-    def __init__(self, seconds):
-        super().__init__()
-        self.seconds = seconds
-        self.start = None
-        self.stopped_early = False
-
-    def on_train_begin(self, logs=None):
-        self.start = time.monotonic()
-
-    def on_train_batch_end(self, batch, logs=None):
-        if time.monotonic() - self.start > self.seconds:
-            self.model.stop_training = True
-            self.stopped_early = True
 
 
 PRESETS = ("cifar10_fast", "cifar10_fast_bf16")

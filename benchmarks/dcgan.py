@@ -43,6 +43,7 @@ from fmkeras.evaluation import generation  # noqa: E402
 from fmkeras.tasks import image_generation as ig  # noqa: E402
 from fmkeras.train import positive
 from fmkeras.training import gan_callbacks  # noqa: E402
+from fmkeras.training.callbacks import TimeBudget  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCHIVE = os.path.join(os.path.dirname(REPO), "shared", "datasets", "cifar10-train-jpg.tar.gz")
@@ -68,31 +69,6 @@ def extract(archive, target):
         with tarfile.open(archive) as tar:
             tar.extractall(target, filter="data")
     return folder
-
-
-class TimeBudget(keras.callbacks.Callback):
-    """Stops ``fit`` after ``seconds`` of training and counts the steps.
-
-    Args:
-        seconds: float. Training wall-time budget.
-    """
-
-    def __init__(self, seconds):
-        super().__init__()
-        self.seconds = seconds
-        self.start = self.first_step_end = None
-        self.steps = 0
-
-    def on_train_begin(self, logs=None):
-        self.start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.steps += 1
-        now = time.perf_counter()
-        if self.first_step_end is None:
-            self.first_step_end = now
-        if now - self.start >= self.seconds:
-            self.model.stop_training = True
 
 
 def main(argv=None):

@@ -22,11 +22,12 @@ import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from dcgan import TimeBudget, machine  # noqa: E402
+from dcgan import machine  # noqa: E402
 
 from fmkeras import config as config_lib  # noqa: E402
 from fmkeras.tasks import text_classification as tc  # noqa: E402
 from fmkeras.train import positive  # noqa: E402
+from fmkeras.training.callbacks import TimeBudget  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPUS = os.path.join(os.path.dirname(REPO), "shared", "datasets", "gettext-langid-train.tsv")

@@ -24,10 +24,11 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from dcgan import TimeBudget, machine  # noqa: E402
+from dcgan import machine  # noqa: E402
 
 from fmkeras.tasks import translation  # noqa: E402
 from fmkeras.train import positive  # noqa: E402
+from fmkeras.training.callbacks import TimeBudget  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPUS = os.path.join(os.path.dirname(REPO), "shared", "datasets", "gettext-en-es-train.tsv")

@@ -402,6 +402,35 @@ def test_lookahead_bad_settings_name_what_was_received(kwargs, message):
         Lookahead(**kwargs)
 
 
+def test_time_budget_stops_fit_at_the_first_batch_past_it_and_counts_batches(monkeypatch):
+    import types
+
+    from fmkeras.training import callbacks
+
+    clock = iter(np.arange(0.0, 100.0, 1.0))  # each perf_counter call: one second later
+    monkeypatch.setattr(callbacks, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    x, y = np.ones((8, 2)), np.ones((8, 1))
+    budget = callbacks.TimeBudget(seconds=2.5)  # started at 0; batches end at 1, 2, 3
+    history = model.fit(x, y, batch_size=2, epochs=3, verbose=0, callbacks=[budget])
+    assert (budget.steps, budget.stopped_early, budget.first_step_end) == (3, True, 1.0)
+    assert len(history.history["loss"]) == 1  # the epoch in progress ends, no other starts
+    roomy = callbacks.TimeBudget(seconds=1000)
+    model.fit(x, y, batch_size=2, epochs=3, verbose=0, callbacks=[roomy])
+    assert (roomy.steps, roomy.stopped_early) == (12, False)
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[roomy])
+    assert roomy.steps == 2  # counted afresh in each fit
+
+
+@pytest.mark.parametrize("seconds", [0, -1.0, True, "900", float("nan")])
+def test_time_budget_refuses_a_budget_that_is_not_a_positive_number(seconds):
+    from fmkeras.training.callbacks import TimeBudget
+
+    with pytest.raises(ValueError, match=rf"number above 0. Received: seconds={seconds!r}"):
+        TimeBudget(seconds)
+
+
 def test_precision_benchmark_times_fast_cnn_at_both_preset_widths_in_both_policies():
     from conftest import load_script
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 import warnings
 
 import keras
@@ -215,6 +216,62 @@ class Lookahead(keras.callbacks.Callback):
                 average += (1.0 - decay) * (weight - average)
         for variable, average in zip(variables, self._average):
             variable.assign(average.astype(keras.backend.standardize_dtype(variable.dtype)))
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stop ``fit`` once ``seconds`` of wall time have passed since it started.
+
+    Checked after every batch (after every call, with
+    ``steps_per_execution``), so the run stops at the first batch past the
+    budget and then ends its epoch as usual (validation, checkpoints).
+
+    Attributes:
+        steps: int. Batches run (calls, with ``steps_per_execution``).
+        stopped_early: bool. Whether the budget ended the run.
+        start: float. ``time.perf_counter()`` when ``fit`` started.
+        first_step_end: float. ``time.perf_counter()`` after the first
+            batch, which includes tracing: throughput is best measured
+            from there.
+
+    Args:
+        seconds: float. The budget, above 0.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> model.compile("sgd", "mse")
+    >>> budget = TimeBudget(seconds=1e-9)
+    >>> history = model.fit(np.ones((8, 2)), np.ones((8, 1)), batch_size=2, epochs=3,
+    ...                     verbose=0, callbacks=[budget])
+    >>> budget.steps, budget.stopped_early, len(history.history["loss"])
+    (1, True, 1)
+    """
+
+    def __init__(self, seconds):
+        super().__init__()
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+            raise ValueError(f"TimeBudget's seconds must be a number above 0. "
+                             f"Received: seconds={seconds!r}")
+        self.seconds = float(seconds)
+        self.start = self.first_step_end = None
+        self.steps = 0
+        self.stopped_early = False
+
+    def on_train_begin(self, logs=None):
+        self.start = time.perf_counter()
+        self.first_step_end = None
+        self.steps = 0
+        self.stopped_early = False
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+        now = time.perf_counter()
+        if self.first_step_end is None:
+            self.first_step_end = now
+        if now - self.start >= self.seconds:
+            self.model.stop_training = True
+            self.stopped_early = True
 
 
 class BestCheckpoint(keras.callbacks.ModelCheckpoint):
