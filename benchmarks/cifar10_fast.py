@@ -18,9 +18,10 @@ image and its mirror, averaged) and with flip and 1-pixel shifts.
 ``--preset auto`` (the default) picks ``cifar10_fast_bf16`` (the same recipe
 at airbench94's full width, 64/256/256, in ``mixed_bfloat16``, 13 epochs) on a
 GPU, and on a CPU with bfloat16 units (AVX512_BF16, AMX_BF16) where a few
-timed steps of that network put its training within the budget (with
-AMX a bf16 step takes about half the float32 time; with AVX512_BF16 alone,
-on an Intel Xeon, 1.6 times as long); ``cifar10_fast`` (half width, float32, 17 epochs) elsewhere.
+timed steps of that network put its training within the budget. With AMX a
+bf16 step takes about half the float32 time; with AVX512_BF16 alone, on an
+Intel Xeon, 1.6 times as long. Elsewhere it picks ``cifar10_fast`` (half
+width, float32, 17 epochs).
 """
 
 from __future__ import annotations
