@@ -52,12 +52,13 @@ PRESETS = ("cifar10_fast", "cifar10_fast_bf16")
 CIFAR10_TRAIN_IMAGES = 50_000
 
 
-def estimated_training_seconds(config, train_images, steps=3):
+def estimated_training_seconds(config, images=CIFAR10_TRAIN_IMAGES, steps=3):
     """Seconds ``config``'s ``fit`` would take here, from a few timed steps of its network.
 
     Builds the preset's network in its precision, times ``steps``
     ``train_on_batch`` calls at its batch size after two warm-up calls, and
-    multiplies by the run's steps (epochs times batches of ``train_images``).
+    multiplies by the run's steps: epochs times batches of the training
+    images (``images`` less the config's test and validation fractions).
 
     Example:
 
@@ -65,7 +66,7 @@ def estimated_training_seconds(config, train_images, steps=3):
     >>> from fmkeras.train import load_task_config
     >>> _, config = load_task_config(task.TASK, "cifar10_fast_bf16",
     ...                              ["data.batch_size=8", "model.filters=[8,8,8]"])
-    >>> estimated_training_seconds(config, train_images=16, steps=1) > 0
+    >>> estimated_training_seconds(config, images=16, steps=1) > 0
     True
     """
     from fmkeras.tasks import image_classification as task
@@ -80,6 +81,8 @@ def estimated_training_seconds(config, train_images, steps=3):
         set_precision(config.precision)
         seconds = distribute.seconds_per_step(
             lambda: task.build_model(config.model, (size, size, 3), 10), (x, y), steps=steps)
+    train_images = math.ceil(
+        (1 - config.data.test_split - config.data.validation_split) * images)
     return seconds * config.train.epochs * math.ceil(train_images / batch)
 
 
@@ -98,8 +101,7 @@ def choose_preset(preset="auto", estimate=None, budget_s=900.0):
         preset: ``"auto"`` or one of :data:`PRESETS`.
         estimate: callable returning ``cifar10_fast_bf16``'s training
             seconds here; called only on a CPU with bfloat16 units. Default:
-            :func:`estimated_training_seconds` of the preset as shipped, on
-            90% of CIFAR-10's 50,000 training images.
+            :func:`estimated_training_seconds` of the preset as shipped.
         budget_s: float. The training time budget.
 
     Example:
@@ -123,8 +125,7 @@ def choose_preset(preset="auto", estimate=None, budget_s=900.0):
         from fmkeras.train import load_task_config
 
         _, config = load_task_config(task.TASK, "cifar10_fast_bf16", [])
-        estimate = lambda: estimated_training_seconds(  # noqa: E731
-            config, math.ceil(0.9 * CIFAR10_TRAIN_IMAGES))
+        estimate = lambda: estimated_training_seconds(config)  # noqa: E731
     units = "CPU bfloat16 units: " + ", ".join(f.upper() for f in flags)
     seconds = estimate()
     verdict = (f"{units}; cifar10_fast_bf16's training estimated at {seconds / 60:.1f} min "
@@ -225,12 +226,9 @@ def main(argv=None):
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    full = configs.get("cifar10_fast_bf16")
-    held_out = full.data.test_split + full.data.validation_split if full else 0.0
-    train_images = math.ceil((1 - held_out) * (args.images or CIFAR10_TRAIN_IMAGES))
     preset, reason = choose_preset(
-        args.preset, estimate=lambda: estimated_training_seconds(full, train_images),
-        budget_s=args.minutes * 60)
+        args.preset, budget_s=args.minutes * 60, estimate=lambda: estimated_training_seconds(
+            configs["cifar10_fast_bf16"], args.images or CIFAR10_TRAIN_IMAGES))
     config = configs[preset]
     root = class_folders(args.archive)
     if args.images:

@@ -347,8 +347,9 @@ def test_cifar10_fast_benchmark_estimates_training_time_from_timed_steps(monkeyp
         return 0.5
 
     monkeypatch.setattr(distribute, "seconds_per_step", timed)
-    # 13 epochs of ceil(10 / 4) = 3 steps, half a second each.
-    assert bench.estimated_training_seconds(config, train_images=10, steps=2) == 13 * 3 * 0.5
+    # 13 epochs of ceil(12 / 4) = 3 steps (13 images less the 10% held out, not ceil(13 / 4)),
+    # half a second each.
+    assert bench.estimated_training_seconds(config, images=13, steps=2) == 13 * 3 * 0.5
     assert seen == dict(policy="mixed_bfloat16", shape=(4, 32, 32, 3), steps=2, widths=[4, 8, 8])
     assert keras.mixed_precision.global_policy().name == "float32"
 
