@@ -21,6 +21,30 @@ def test_float16_refused_on_cpu_and_bfloat16_allowed():
     assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
 
 
+def test_bfloat16_is_judged_emulated_only_from_an_x86_flags_line_without_bf16(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("model name\t: Some EPYC\nflags\t\t: fpu avx2 avx512f avx512_vnni\n")
+    assert precision.bf16_emulated(str(info))
+    info.write_text("flags\t\t: fpu avx512f avx512_bf16\n")
+    assert not precision.bf16_emulated(str(info))
+    info.write_text("Features\t: fp asimd bf16\n")  # an ARM CPU: no x86 flags line
+    assert not precision.bf16_emulated(str(info))
+    assert not precision.bf16_emulated(str(tmp_path / "missing"))
+
+
+def test_set_precision_warns_where_bfloat16_would_be_emulated(monkeypatch):
+    monkeypatch.setattr(precision, "bf16_emulated", lambda: True)
+    with pytest.warns(UserWarning, match="emulated there, usually slower than float32. "
+                                         "Expected 'float32' on this machine. "
+                                         "Received: precision='mixed_bfloat16'"):
+        assert precision.set_precision("mixed_bfloat16") == "mixed_bfloat16"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert precision.set_precision("float32") == "float32"
+        monkeypatch.setattr(precision, "bf16_emulated", lambda: False)
+        assert precision.set_precision("mixed_bfloat16") == "mixed_bfloat16"
+
+
 def test_auto_picks_mixed_float16_on_a_tensor_core_gpu(monkeypatch):
     monkeypatch.setattr(precision, "_gpu_compute_capability", lambda: (8, 0))
     assert precision.resolve_precision("auto") == "mixed_float16"

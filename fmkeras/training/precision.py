@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import platform
+import warnings
 
 import keras
 import tensorflow as tf
@@ -67,6 +68,24 @@ def cpu_bf16_flags(cpuinfo="/proc/cpuinfo"):
     return tuple(flag for flag in BF16_CPU_FLAGS if flag in flags)
 
 
+def bf16_emulated(cpuinfo="/proc/cpuinfo"):
+    """Whether this x86 CPU lacks bfloat16 units, so ``mixed_bfloat16`` math is emulated.
+
+    True only where ``cpuinfo`` has an x86 ``flags`` line without
+    ``avx512_bf16`` or ``amx_bf16``; False where it has one of them, and
+    where there is no such line to judge by (another OS, an ARM CPU).
+
+    Args:
+        cpuinfo: str. The file to read.
+
+    Example:
+
+    >>> bf16_emulated("/no/such/file")
+    False
+    """
+    return _cpuinfo_field("flags", cpuinfo) is not None and not cpu_bf16_flags(cpuinfo)
+
+
 def cpu_model(cpuinfo="/proc/cpuinfo"):
     """The CPU's model name, for reports: ``/proc/cpuinfo``'s, else ``platform.processor()``.
 
@@ -121,7 +140,8 @@ def set_precision(precision="auto"):
     """Resolve ``precision`` and make it Keras' global dtype policy.
 
     Call this before building any model: layers read the global policy when
-    they are created.
+    they are created. Warns where ``mixed_bfloat16`` is asked for without a
+    GPU on a CPU whose bfloat16 math is emulated (:func:`bf16_emulated`).
 
     Args:
         precision: str. See :func:`resolve_precision`.
@@ -135,6 +155,13 @@ def set_precision(precision="auto"):
     'float32'
     """
     policy = resolve_precision(precision)
+    if (policy == "mixed_bfloat16" and not tf.config.list_physical_devices("GPU")
+            and bf16_emulated()):
+        warnings.warn(
+            "precision='mixed_bfloat16' on a CPU without bfloat16 units (no AVX512_BF16 or "
+            "AMX_BF16 among its flags): bfloat16 math is emulated there, usually slower than "
+            "float32. Expected 'float32' on this machine. Received: "
+            "precision='mixed_bfloat16'", UserWarning)  # one place: shown once per process
     keras.mixed_precision.set_global_policy(policy)
     return policy
 
