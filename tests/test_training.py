@@ -447,6 +447,58 @@ def test_time_budget_stops_fit_at_the_first_batch_past_it_and_counts_batches(mon
     assert roomy.steps == 2  # counted afresh in each fit
 
 
+def test_one_time_budget_across_fits_stops_a_later_fit_after_its_first_batch(monkeypatch):
+    import types
+
+    from fmkeras.training import callbacks
+
+    clock = iter(np.arange(0.0, 100.0, 1.0))
+    monkeypatch.setattr(callbacks, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    x, y = np.ones((8, 2)), np.ones((8, 1))
+    budget = callbacks.TimeBudget(seconds=2.5, per_fit=False)  # batches end at 1, 2, 3
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[budget])  # 2 batches
+    assert (budget.steps, budget.stopped_early) == (2, False)
+    history = model.fit(x, y, batch_size=4, epochs=5, verbose=0, callbacks=[budget])
+    assert (budget.steps, budget.stopped_early, budget.start) == (3, True, 0.0)
+    assert len(history.history["loss"]) == 1
+    model.fit(x, y, batch_size=4, epochs=5, verbose=0, callbacks=[budget])
+    assert budget.steps == 4  # spent: one batch, however many epochs were asked for
+
+
+def test_lookahead_averages_at_the_batch_where_an_earlier_callback_stops_fit(monkeypatch):
+    from fmkeras.training.callbacks import Lookahead
+
+    class StopAt(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if int(self.model.optimizer.iterations) == 3:
+                self.model.stop_training = True
+
+    applied, kernels = [], []
+    real_apply = Lookahead._apply
+
+    def spy(self, decay):
+        applied.append(self._step())
+        kernels.append(self.model.layers[0].kernel.numpy().copy())
+        real_apply(self, decay)
+
+    monkeypatch.setattr(Lookahead, "_apply", spy)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    x, y = np.random.default_rng(0).normal(size=(16, 2)), np.ones((16, 1))
+    lookahead = Lookahead(total_steps=100, every=2, decay=0.5, power=0.0)
+    model.fit(x, y, batch_size=2, epochs=2, verbose=0, callbacks=[StopAt(), lookahead])
+    assert applied == [2, 3]  # every 2 steps, and at the stopping step
+    # Decay 0.5: the stopping step's weights end halfway back to the step-2 average.
+    assert not np.allclose(kernels[0], kernels[1])
+    assert np.allclose(model.layers[0].kernel.numpy(), (kernels[0] + kernels[1]) / 2)
+    applied.clear()
+    model.optimizer.iterations.assign(0)
+    model.fit(x, y, batch_size=2, epochs=1, verbose=0, callbacks=[lookahead])
+    assert applied == [2, 4, 6, 8]  # not stopped: only the planned updates
+
+
 @pytest.mark.parametrize("seconds", [0, -1.0, True, "900", float("nan")])
 def test_time_budget_refuses_a_budget_that_is_not_a_positive_number(seconds):
     from fmkeras.training.callbacks import TimeBudget

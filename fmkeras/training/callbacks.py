@@ -145,7 +145,9 @@ class EpochSeeds(keras.callbacks.Callback):
 
 class Lookahead(keras.callbacks.Callback):
     """airbench's lookahead: every ``every`` steps, move an average toward the weights, then
-    set the weights to it, and once more at the last step.
+    set the weights to it, and once more at the last step: the planned one, or
+    the batch where a callback listed before this one (:class:`TimeBudget`)
+    stops training.
 
     The average covers every floating-point variable of the model, batch-norm
     moving statistics included. Its decay at step ``t`` of ``total_steps`` is
@@ -199,7 +201,10 @@ class Lookahead(keras.callbacks.Callback):
         last, self._last = self._last, step
         if step > self.total_steps:
             return
-        if step // self.every > last // self.every or step == self.total_steps:
+        # A callback before this one (TimeBudget) that stops training makes this batch
+        # the last: averaged now, before the epoch's validation and checkpoints.
+        if (step // self.every > last // self.every or step == self.total_steps
+                or self.model.stop_training):
             self._apply(self.decay * (step / self.total_steps) ** self.power)
 
     def _step(self):
@@ -223,7 +228,12 @@ class TimeBudget(keras.callbacks.Callback):
 
     Checked after every batch (after every call, with
     ``steps_per_execution``), so the run stops at the first batch past the
-    budget and then ends its epoch as usual (validation, checkpoints).
+    budget and then ends its epoch as usual (validation, checkpoints). The
+    learning-rate schedule is not shortened: a one-cycle or cosine schedule
+    stopped this way has not decayed, so size ``epochs`` to the budget and
+    keep this as the limit. Not for ``MultiWorkerMirroredStrategy``: each
+    worker reads its own clock, and a worker that stops a batch before the
+    others leaves them waiting in a collective.
 
     Attributes:
         steps: int. Batches run (calls, with ``steps_per_execution``).
@@ -235,6 +245,11 @@ class TimeBudget(keras.callbacks.Callback):
 
     Args:
         seconds: float. The budget, above 0.
+        per_fit: bool. ``True``: each ``fit`` gets the whole budget (and the
+            counts restart). ``False``: one budget for every ``fit`` the
+            callback is given to, from the first one's start (a fine-tuning
+            run's phases): a ``fit`` that starts after it is spent stops
+            after its first batch.
 
     Example:
 
@@ -248,21 +263,23 @@ class TimeBudget(keras.callbacks.Callback):
     (1, True, 1)
     """
 
-    def __init__(self, seconds):
+    def __init__(self, seconds, per_fit=True):
         super().__init__()
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
             raise ValueError(f"TimeBudget's seconds must be a number above 0. "
                              f"Received: seconds={seconds!r}")
         self.seconds = float(seconds)
+        self.per_fit = bool(per_fit)
         self.start = self.first_step_end = None
         self.steps = 0
         self.stopped_early = False
 
     def on_train_begin(self, logs=None):
-        self.start = time.perf_counter()
-        self.first_step_end = None
-        self.steps = 0
-        self.stopped_early = False
+        if self.per_fit or self.start is None:
+            self.start = time.perf_counter()
+            self.first_step_end = None
+            self.steps = 0
+            self.stopped_early = False
 
     def on_train_batch_end(self, batch, logs=None):
         self.steps += 1
