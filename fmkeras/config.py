@@ -215,7 +215,12 @@ class RunSettings:
     settings changed) and ``checkpoint_every_s`` (the backup and best
     checkpoint are written at most this often, in seconds; 0 = every epoch;
     an interrupted or failed run still writes its last completed epoch
-    before it exits, so only a hard kill loses up to this much work).
+    before it exits, so only a hard kill loses up to this much work) and
+    ``max_minutes`` (a limit on training time, null for none: training stops
+    at the first batch past it, ends that epoch and goes on to evaluation
+    and export; the schedule is not shortened, so size ``epochs`` to the
+    time; a resumed run gets the whole limit again;
+    :class:`fmkeras.training.callbacks.TimeBudget`).
 
     Example:
 
@@ -231,6 +236,7 @@ class RunSettings:
     run_dir: str | None = None
     force_resume: bool = False
     checkpoint_every_s: float = 30.0
+    max_minutes: float | None = None
 
     def __post_init__(self):
         check_checkpoint_interval(self.checkpoint_every_s)
@@ -336,6 +342,8 @@ COMMON_KEY_RULES = {
     "dropout": _FRACTION,
     "validation_split": _FRACTION,
     "test_split": _FRACTION,
+    "max_minutes": (lambda v: v is None or (_number(v) and v > 0),
+                    "> 0 (minutes of training), or null for no limit"),
     "max_bad_fraction": (lambda v: _number(v) and 0 <= v <= 1, "in [0, 1]"),
     # MobileNet's width multiplier (model.alpha) and LoRA's scale (lora.alpha).
     "alpha": (lambda v: v is None or (_number(v) and v > 0), "> 0, or null"),

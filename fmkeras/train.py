@@ -150,6 +150,9 @@ def build_parser():
                                                "tpu"],
                         help="tf.distribute strategy (overrides the config); multi_worker "
                         "reads TF_CONFIG")
+    parser.add_argument("--max-minutes", type=positive(float), metavar="MINUTES",
+                        help="stop training at the first batch past this many minutes, then "
+                        "evaluate and export as usual (overrides max_minutes)")
     parser.add_argument("--force-resume", action="store_true",
                         help="resume an interrupted run even if its model, optimizer, batch "
                         "size or data changed")
@@ -172,7 +175,7 @@ def _task_entry(task):
 
 
 def load_task_config(task, config_path=None, overrides=(), run_dir=None, precision=None,
-                     force_resume=False, strategy=None):
+                     force_resume=False, strategy=None, max_minutes=None):
     """Resolve the task's module and config from the CLI arguments.
 
     Example:
@@ -199,6 +202,8 @@ def load_task_config(task, config_path=None, overrides=(), run_dir=None, precisi
         overrides.append("force_resume=true")
     if strategy:
         overrides.append(f"strategy={strategy}")
+    if max_minutes:
+        overrides.append(f"max_minutes={max_minutes!r}")
     return module, config_lib.load_config(config_cls, source, overrides)
 
 
@@ -270,7 +275,7 @@ def _main(args):
     try:
         module, config = load_task_config(args.task, args.config, args.overrides,
                                           args.run_dir, args.precision, args.force_resume,
-                                          args.strategy)
+                                          args.strategy, args.max_minutes)
         # The policy must be in force before the task builds any model.
         if args.validate_data:
             return _validate_data(args.task, module, config)
@@ -298,6 +303,9 @@ def _main(args):
     for key, value in result.metrics.items():
         if isinstance(value, float):
             print(f"  {key}: {value:.4f}")
+    if result.metrics.get("stopped_by_time_budget"):
+        print(f"  training stopped at the time budget (max_minutes: "
+              f"{result.metrics['max_minutes']:g})")
     if result.export_path:
         print(f"  export: {result.export_path}")
     print(f"  report: {os.path.join(result.run_dir, 'report.md')}")

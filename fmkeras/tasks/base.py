@@ -97,6 +97,50 @@ def optimizer_identity(train_config):
             if key not in ("epochs", "verbose")}
 
 
+def time_budget(config, dist, per_fit=True):
+    """The :class:`fmkeras.training.callbacks.TimeBudget` for ``config.max_minutes``.
+
+    ``None`` when the config sets no limit. Refused (:class:`ConfigError`)
+    under a multi-worker strategy, where each worker would stop by its own
+    clock, a batch apart, and leave the others waiting in a collective.
+
+    Example:
+
+    >>> from fmkeras.config import RunSettings
+    >>> from fmkeras.training.distribute import Distribution
+    >>> time_budget(RunSettings(max_minutes=15), Distribution("none")).seconds
+    900.0
+    >>> time_budget(RunSettings(), Distribution("none")) is None
+    True
+    """
+    if config.max_minutes is None:
+        return None
+    if dist.workers > 1:
+        raise ConfigError(f"max_minutes works on one machine (strategy none, mirrored or tpu): "
+                          f"{dist.workers} workers would each stop by their own clock. Set "
+                          f"epochs instead. Received: max_minutes={config.max_minutes!r} with "
+                          f"{dist.workers} workers in TF_CONFIG")
+    from fmkeras.training.callbacks import TimeBudget
+
+    return TimeBudget(config.max_minutes * 60, per_fit=per_fit)
+
+
+def budget_metrics(budget):
+    """``metrics.json`` entries for a run's time budget (none without one).
+
+    Example:
+
+    >>> from fmkeras.training.callbacks import TimeBudget
+    >>> budget_metrics(TimeBudget(90))
+    {'max_minutes': 1.5, 'stopped_by_time_budget': False}
+    >>> budget_metrics(None)
+    {}
+    """
+    if budget is None:
+        return {}
+    return {"max_minutes": budget.seconds / 60, "stopped_by_time_budget": budget.stopped_early}
+
+
 def default_run_dir(task):
     """``runs/<task>-<UTC timestamp>`` under the current directory.
 

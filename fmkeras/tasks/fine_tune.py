@@ -382,6 +382,9 @@ def run(config, callbacks=()):
     """
     _check_config(config)
     dist = distribute.Distribution(config.strategy)  # first: before TensorFlow starts
+    # One limit for both phases: a phase 2 that starts with it spent trains one batch.
+    budget = base.time_budget(config, dist, per_fit=False)
+    callbacks = [budget, *callbacks] if budget is not None else list(callbacks)
     run_dir = dist.write_dir(config.run_dir or base.default_run_dir(TASK))
     precision_lib.set_seed(config.seed, config.deterministic)
     splits = make_datasets(base.with_global_batch(config, dist))
@@ -453,7 +456,8 @@ def run(config, callbacks=()):
                "batchnorm_layers_recalibrated": recalibrated,
                "trainable_params_phase2": params_phase2,
                "train_samples": splits.train_samples, "test_samples": splits.test_samples,
-               "data_skipped_files": len(splits.skipped_files), **dist.describe()}
+               "data_skipped_files": len(splits.skipped_files), **dist.describe(),
+               **base.budget_metrics(budget)}
     exported = model
     if pruning is not None or comp.quantize:
         metrics.update(compression_metrics)

@@ -535,6 +535,7 @@ def run(config, callbacks=()):
     _check_config(config)
     # The strategy comes first: multi-worker runs must start before TensorFlow does.
     dist = distribute.Distribution(config.strategy)
+    budget = base.time_budget(config, dist)
     run_dir = dist.write_dir(config.run_dir or base.default_run_dir(TASK))
     # Seed next: tf.data shuffles draw on the global seed as well as their own.
     precision_lib.set_seed(config.seed, config.deterministic)
@@ -573,8 +574,10 @@ def run(config, callbacks=()):
             metrics=["accuracy"], jit_compile=config.jit_compile,
             steps_per_execution=train.steps_per_execution)
     monitor = "val_loss" if splits.validation is not None else "loss"
-    if train.lookahead:
-        callbacks = [callbacks_lib.Lookahead(steps * train.epochs), *callbacks]
+    if budget is not None:
+        callbacks = [budget, *callbacks]
+    if train.lookahead:  # last: it averages at the batch where another callback stops fit
+        callbacks = [*callbacks, callbacks_lib.Lookahead(steps * train.epochs)]
     callbacks = callbacks_lib.standard_callbacks(
         run_dir, monitor=monitor, early_stopping_patience=train.early_stopping_patience,
         reduce_lr_patience=2 if train.schedule == "plateau" else None, resume=resume,
@@ -604,7 +607,8 @@ def run(config, callbacks=()):
                "num_parameters": int(model.count_params()),
                **transfer.parameter_metrics(model),
                "train_samples": splits.train_samples, "test_samples": splits.test_samples,
-               "data_skipped_files": len(splits.skipped_files), **dist.describe()}
+               "data_skipped_files": len(splits.skipped_files), **dist.describe(),
+               **base.budget_metrics(budget)}
 
     plots = os.path.join(run_dir, "plots")
     history = cls_eval.read_history(os.path.join(run_dir, "history.csv"))

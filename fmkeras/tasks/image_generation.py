@@ -119,6 +119,7 @@ class ImageGenerationConfig:
     run_dir: str | None = None
     force_resume: bool = False
     checkpoint_every_s: float = 30.0
+    max_minutes: float | None = None
 
     def __post_init__(self):
         config_lib.check_checkpoint_interval(self.checkpoint_every_s)
@@ -371,6 +372,8 @@ def run(config, callbacks=()):
     """
     _check_config(config)
     dist = distribute.Distribution(config.strategy)  # first: before TensorFlow starts
+    budget = base.time_budget(config, dist)
+    callbacks = [budget, *callbacks] if budget is not None else list(callbacks)
     run_dir = dist.write_dir(config.run_dir or base.default_run_dir(TASK))
     precision_lib.set_seed(config.seed)
     data = config.data
@@ -441,7 +444,8 @@ def run(config, callbacks=()):
     metrics.update(num_samples=n, precision_policy=policy, train_samples=len(train_index),
                    epochs_trained=len(next(iter(history.values()), [])),
                    num_parameters=int(gan.generator.count_params()),
-                   data_skipped_files=len(skipped), **dist.describe())
+                   data_skipped_files=len(skipped), **dist.describe(),
+                   **base.budget_metrics(budget))
     if guard.stop_reason:
         metrics["stop_reason"] = guard.stop_reason
 

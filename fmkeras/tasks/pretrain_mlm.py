@@ -190,6 +190,8 @@ def run(config, callbacks=()):
     if not 0.0 < data.mask_rate <= 1.0:
         raise ConfigError(f"Expected 0 < data.mask_rate <= 1. Received: {data.mask_rate}")
     dist = distribute.Distribution(config.strategy)  # first: before TensorFlow starts
+    budget = base.time_budget(config, dist)
+    callbacks = [budget, *callbacks] if budget is not None else list(callbacks)
     run_dir = dist.write_dir(config.run_dir or base.default_run_dir(TASK))
     precision_lib.set_seed(config.seed, config.deterministic)
     texts = read_texts(data)
@@ -251,7 +253,7 @@ def run(config, callbacks=()):
                "val_loss": float(val_loss), "masked_accuracy": float(val_accuracy),
                "vocab_size": vocab_size, "mask_id": mask_id, "precision_policy": policy,
                "num_parameters": int(model.count_params()), "train_texts": len(train_texts),
-               "model_path": model_path, **dist.describe()}
+               "model_path": model_path, **dist.describe(), **base.budget_metrics(budget)}
     base.write_json(os.path.join(run_dir, "metrics.json"), metrics)
     base.write_report(run_dir, "Masked-language-model pretraining", metrics, None,
                       ["plots/training_curves.png"])

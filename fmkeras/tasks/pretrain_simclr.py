@@ -138,6 +138,8 @@ def run(config, callbacks=()):
     """
     _check_config(config)
     dist = distribute.Distribution(config.strategy)  # first: before TensorFlow starts
+    budget = base.time_budget(config, dist)
+    callbacks = [budget, *callbacks] if budget is not None else list(callbacks)
     run_dir = dist.write_dir(config.run_dir or base.default_run_dir(TASK))
     precision_lib.set_seed(config.seed, config.deterministic)
     splits = make_datasets(base.with_global_batch(config, dist))
@@ -186,7 +188,8 @@ def run(config, callbacks=()):
                "precision_policy": policy, "encoder": encoder.name,
                "num_parameters": int(encoder.count_params()),
                "train_samples": splits.train_samples, "encoder_path": encoder_path,
-               "data_skipped_files": len(splits.skipped_files), **dist.describe()}
+               "data_skipped_files": len(splits.skipped_files), **dist.describe(),
+               **base.budget_metrics(budget)}
     if "val_loss" in history and not math.isnan(history["val_loss"][-1]):  # nan: no validation
         metrics["final_val_loss"] = history["val_loss"][-1]
     base.write_json(os.path.join(run_dir, "metrics.json"), metrics)

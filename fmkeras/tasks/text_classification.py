@@ -215,6 +215,8 @@ def run(config, callbacks=()):
     """
     _check_config(config)
     dist = distribute.Distribution(config.strategy)  # first: before TensorFlow starts
+    budget = base.time_budget(config, dist)
+    callbacks = [budget, *callbacks] if budget is not None else list(callbacks)
     run_dir = dist.write_dir(config.run_dir or base.default_run_dir(TASK))
     precision_lib.set_seed(config.seed, config.deterministic)
     splits, class_names, report = load_texts(config)
@@ -267,7 +269,7 @@ def run(config, callbacks=()):
                "train_samples": len(splits["train"]), "test_samples": len(splits["test"]),
                "vocab_size": vectorizer.vocabulary_size(), **report_counts(report),
                **transfer.parameter_metrics(model), "lora_rank": config.lora.rank,
-               **dist.describe()}
+               **dist.describe(), **base.budget_metrics(budget)}
     if mlm is not None:
         metrics["encoder_path"] = mlm.model_path
     # The adapters are folded into the kernels: the export serves a plain model.

@@ -351,6 +351,8 @@ def run(config, callbacks=()):
     """
     _check_config(config)
     dist = distribute.Distribution(config.strategy)  # first: before TensorFlow starts
+    budget = base.time_budget(config, dist)
+    callbacks = [budget, *callbacks] if budget is not None else list(callbacks)
     run_dir = dist.write_dir(config.run_dir or base.default_run_dir(TASK))
     precision_lib.set_seed(config.seed, config.deterministic)
     splits, report = load_corpus(config)
@@ -399,7 +401,7 @@ def run(config, callbacks=()):
                "scored_sentences": len(hypotheses),
                "source_vocab_size": source_vec.vocabulary_size(),
                "target_vocab_size": target_vec.vocabulary_size(), **report_counts(report),
-               **dist.describe()}
+               **dist.describe(), **base.budget_metrics(budget)}
 
     history = cls_eval.read_history(os.path.join(run_dir, "history.csv"))
     cls_eval.plot_training_curves(history, os.path.join(run_dir, "plots", "training_curves.png"))
