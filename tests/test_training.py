@@ -447,6 +447,27 @@ def test_time_budget_stops_fit_at_the_first_batch_past_it_and_counts_batches(mon
     assert roomy.steps == 2  # counted afresh in each fit
 
 
+def test_time_budget_warns_after_the_first_epoch_when_the_epochs_will_not_fit(monkeypatch):
+    import types
+
+    from fmkeras.training import callbacks
+
+    clock = iter(np.arange(0.0, 100.0, 1.0))
+    monkeypatch.setattr(callbacks, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    x, y = np.ones((16, 2)), np.ones((16, 1))
+    # Batches end at 1-4 and the epoch at 5: 16/3 s an epoch after the first (traced) step,
+    # so 5 epochs need about 26 s, and the 10-second budget holds one.
+    budget = callbacks.TimeBudget(seconds=10)
+    expected = (r"At about 5.33 s an epoch, 5 epochs need about 0.439 min, past the 0.167-min "
+                r"time budget: training will stop before the last epoch .* About 1 epoch fit")
+    with pytest.warns(UserWarning, match=expected) as caught:
+        history = model.fit(x, y, batch_size=4, epochs=5, verbose=0, callbacks=[budget])
+    assert len(caught) == 1 and budget.stopped_early
+    assert len(history.history["loss"]) == 3  # batches of epoch 2 end at 6-9, then 10 stops
+
+
 def test_one_time_budget_across_fits_stops_a_later_fit_after_its_first_batch(monkeypatch):
     import types
 

@@ -231,7 +231,9 @@ class TimeBudget(keras.callbacks.Callback):
     budget and then ends its epoch as usual (validation, checkpoints). The
     learning-rate schedule is not shortened: a one-cycle or cosine schedule
     stopped this way has not decayed, so size ``epochs`` to the budget and
-    keep this as the limit. Not for ``MultiWorkerMirroredStrategy``: each
+    keep this as the limit: after the first epoch, a warning says when the
+    epochs asked for will not fit, and how many would. Not for
+    ``MultiWorkerMirroredStrategy``: each
     worker reads its own clock, and a worker that stops a batch before the
     others leaves them waiting in a collective.
 
@@ -273,6 +275,7 @@ class TimeBudget(keras.callbacks.Callback):
         self.start = self.first_step_end = None
         self.steps = 0
         self.stopped_early = False
+        self._projected = False
 
     def on_train_begin(self, logs=None):
         if self.per_fit or self.start is None:
@@ -280,6 +283,29 @@ class TimeBudget(keras.callbacks.Callback):
             self.first_step_end = None
             self.steps = 0
             self.stopped_early = False
+            self._projected = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        # Once, after the budget's first epoch: will the epochs asked for fit?
+        if self._projected or self.model.stop_training:
+            return
+        self._projected = True
+        left = self.params.get("epochs", epoch + 1) - epoch - 1
+        if left <= 0 or not self.steps:
+            return
+        now = time.perf_counter()
+        per_epoch = now - self.start  # without the first step's tracing, where it can be told
+        if self.steps > 1:
+            per_epoch = (now - self.first_step_end) * self.steps / (self.steps - 1)
+        need = now - self.start + left * per_epoch
+        if need > self.seconds:
+            fit = epoch + 1 + max(0, int((self.seconds - (now - self.start)) // per_epoch))
+            warnings.warn(
+                f"At about {per_epoch:.3g} s an epoch, {epoch + 1 + left} epochs need about "
+                f"{need / 60:.3g} min, past the {self.seconds / 60:.3g}-min time budget: "
+                f"training will stop before the last epoch and the end of the learning-rate "
+                f"schedule. About {fit} epoch{'s' if fit != 1 else ''} fit.", UserWarning,
+                stacklevel=1)  # named here, not in Keras' callback list: the CLI's own line
 
     def on_train_batch_end(self, batch, logs=None):
         self.steps += 1
