@@ -233,9 +233,9 @@ class TimeBudget(keras.callbacks.Callback):
     stopped this way has not decayed, so size ``epochs`` to the budget and
     keep this as the limit: after the first epoch, a warning says when the
     epochs asked for will not fit, and how many would. Not for
-    ``MultiWorkerMirroredStrategy``: each
-    worker reads its own clock, and a worker that stops a batch before the
-    others leaves them waiting in a collective.
+    ``MultiWorkerMirroredStrategy``: each worker reads its own clock, and a
+    worker that stops a batch before the others leaves them waiting in a
+    collective.
 
     Attributes:
         steps: int. Batches run (calls, with ``steps_per_execution``).
