@@ -426,15 +426,23 @@ def test_lookahead_bad_settings_name_what_was_received(kwargs, message):
         Lookahead(**kwargs)
 
 
-def test_time_budget_stops_fit_at_the_first_batch_past_it_and_counts_batches(monkeypatch):
+@pytest.fixture
+def timed_model(monkeypatch):
+    """fmkeras' callbacks module on a fake clock (each perf_counter call: one second
+    later, from 0) and a compiled one-layer model."""
     import types
 
     from fmkeras.training import callbacks
 
-    clock = iter(np.arange(0.0, 100.0, 1.0))  # each perf_counter call: one second later
+    clock = iter(np.arange(0.0, 100.0, 1.0))
     monkeypatch.setattr(callbacks, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile("sgd", "mse")
+    return callbacks, model
+
+
+def test_time_budget_stops_fit_at_the_first_batch_past_it_and_counts_batches(timed_model):
+    callbacks, model = timed_model
     x, y = np.ones((8, 2)), np.ones((8, 1))
     budget = callbacks.TimeBudget(seconds=2.5)  # started at 0; batches end at 1, 2, 3
     history = model.fit(x, y, batch_size=2, epochs=3, verbose=0, callbacks=[budget])
@@ -447,15 +455,8 @@ def test_time_budget_stops_fit_at_the_first_batch_past_it_and_counts_batches(mon
     assert roomy.steps == 2  # counted afresh in each fit
 
 
-def test_time_budget_warns_after_the_first_epoch_when_the_epochs_will_not_fit(monkeypatch):
-    import types
-
-    from fmkeras.training import callbacks
-
-    clock = iter(np.arange(0.0, 100.0, 1.0))
-    monkeypatch.setattr(callbacks, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
-    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    model.compile("sgd", "mse")
+def test_time_budget_warns_after_the_first_epoch_when_the_epochs_will_not_fit(timed_model):
+    callbacks, model = timed_model
     x, y = np.ones((16, 2)), np.ones((16, 1))
     # Batches end at 1-4 and the epoch at 5: 16/3 s an epoch after the first (traced) step,
     # so 5 epochs need about 26 s, and the 10-second budget holds one.
@@ -468,15 +469,8 @@ def test_time_budget_warns_after_the_first_epoch_when_the_epochs_will_not_fit(mo
     assert len(history.history["loss"]) == 3  # batches of epoch 2 end at 6-9, then 10 stops
 
 
-def test_one_time_budget_across_fits_stops_a_later_fit_after_its_first_batch(monkeypatch):
-    import types
-
-    from fmkeras.training import callbacks
-
-    clock = iter(np.arange(0.0, 100.0, 1.0))
-    monkeypatch.setattr(callbacks, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
-    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    model.compile("sgd", "mse")
+def test_one_time_budget_across_fits_stops_a_later_fit_after_its_first_batch(timed_model):
+    callbacks, model = timed_model
     x, y = np.ones((8, 2)), np.ones((8, 1))
     budget = callbacks.TimeBudget(seconds=2.5, per_fit=False)  # batches end at 1, 2, 3
     model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[budget])  # 2 batches
