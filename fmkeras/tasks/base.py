@@ -97,30 +97,34 @@ def optimizer_identity(train_config):
             if key not in ("epochs", "verbose")}
 
 
-def time_budget(config, dist, per_fit=True):
+def time_budget(config, per_fit=True):
     """The :class:`fmkeras.training.callbacks.TimeBudget` for ``config.max_minutes``.
 
     ``None`` when the config sets no limit. Refused (:class:`ConfigError`)
-    under a multi-worker strategy, where each worker would stop by its own
-    clock, a batch apart, and leave the others waiting in a collective.
+    when ``TF_CONFIG`` names several hosts, where each worker would stop by
+    its own clock, a batch apart, and leave the others waiting in a
+    collective; tasks call it before they start the strategy, so the error
+    comes at once rather than after every worker has joined.
 
     Example:
 
     >>> from fmkeras.config import RunSettings
-    >>> from fmkeras.training.distribute import Distribution
-    >>> time_budget(RunSettings(max_minutes=15), Distribution("none")).seconds
+    >>> time_budget(RunSettings(max_minutes=15)).seconds
     900.0
-    >>> time_budget(RunSettings(), Distribution("none")) is None
+    >>> time_budget(RunSettings()) is None
     True
     """
+    from fmkeras.training import distribute
+    from fmkeras.training.callbacks import TimeBudget
+
     if config.max_minutes is None:
         return None
-    if dist.workers > 1:
+    workers = distribute.num_workers()
+    if workers > 1:
         raise ConfigError(f"max_minutes works on one machine (strategy none, mirrored or tpu): "
-                          f"{dist.workers} workers would each stop by their own clock. Set "
-                          f"epochs instead. Received: max_minutes={config.max_minutes!r} with "
-                          f"{dist.workers} workers in TF_CONFIG")
-    from fmkeras.training.callbacks import TimeBudget
+                          f"{workers} workers would each stop by their own clock. Set epochs "
+                          f"instead. Received: max_minutes={config.max_minutes!r} with "
+                          f"{workers} workers in TF_CONFIG")
 
     return TimeBudget(config.max_minutes * 60, per_fit=per_fit)
 

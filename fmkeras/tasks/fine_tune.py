@@ -381,9 +381,9 @@ def run(config, callbacks=()):
     >>> result.metrics["phase1_test_accuracy"], result.metrics["test_accuracy"]  # doctest: +SKIP
     """
     _check_config(config)
-    dist = distribute.Distribution(config.strategy)  # first: before TensorFlow starts
     # One limit for both phases: a phase 2 that starts with it spent trains one batch.
-    budget = base.time_budget(config, dist, per_fit=False)
+    budget = base.time_budget(config, per_fit=False)
+    dist = distribute.Distribution(config.strategy)  # first: before TensorFlow starts
     callbacks = [budget, *callbacks] if budget is not None else list(callbacks)
     run_dir = dist.write_dir(config.run_dir or base.default_run_dir(TASK))
     precision_lib.set_seed(config.seed, config.deterministic)

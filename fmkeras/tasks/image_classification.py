@@ -533,9 +533,9 @@ def run(config, callbacks=()):
     >>> result.metrics["test_accuracy"]  # doctest: +SKIP
     """
     _check_config(config)
+    budget = base.time_budget(config)  # refused on several workers before any joins
     # The strategy comes first: multi-worker runs must start before TensorFlow does.
     dist = distribute.Distribution(config.strategy)
-    budget = base.time_budget(config, dist)
     run_dir = dist.write_dir(config.run_dir or base.default_run_dir(TASK))
     # Seed next: tf.data shuffles draw on the global seed as well as their own.
     precision_lib.set_seed(config.seed, config.deterministic)

@@ -189,8 +189,8 @@ def run(config, callbacks=()):
         raise ConfigError(f"Expected train.epochs >= 1. Received: {train.epochs}")
     if not 0.0 < data.mask_rate <= 1.0:
         raise ConfigError(f"Expected 0 < data.mask_rate <= 1. Received: {data.mask_rate}")
+    budget = base.time_budget(config)
     dist = distribute.Distribution(config.strategy)  # first: before TensorFlow starts
-    budget = base.time_budget(config, dist)
     callbacks = [budget, *callbacks] if budget is not None else list(callbacks)
     run_dir = dist.write_dir(config.run_dir or base.default_run_dir(TASK))
     precision_lib.set_seed(config.seed, config.deterministic)

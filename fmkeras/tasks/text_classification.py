@@ -214,8 +214,8 @@ def run(config, callbacks=()):
     >>> result.metrics["test_accuracy"], result.metrics["macro_f1"]  # doctest: +SKIP
     """
     _check_config(config)
+    budget = base.time_budget(config)
     dist = distribute.Distribution(config.strategy)  # first: before TensorFlow starts
-    budget = base.time_budget(config, dist)
     callbacks = [budget, *callbacks] if budget is not None else list(callbacks)
     run_dir = dist.write_dir(config.run_dir or base.default_run_dir(TASK))
     precision_lib.set_seed(config.seed, config.deterministic)

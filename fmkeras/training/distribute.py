@@ -81,8 +81,17 @@ def tf_config():
     return value
 
 
-def _num_workers():
-    """Hosts taking part in training according to ``TF_CONFIG`` (chief + workers)."""
+def num_workers():
+    """Hosts taking part in training according to ``TF_CONFIG`` (chief + workers).
+
+    Read from the environment alone: nothing starts, and no peer is waited for.
+
+    Example:
+
+    >>> import os
+    >>> num_workers() if "TF_CONFIG" not in os.environ else 1
+    1
+    """
     cluster = tf_config().get("cluster", {})
     return max(1, len(cluster.get("chief", [])) + len(cluster.get("worker", [])))
 
@@ -122,7 +131,7 @@ def make_strategy(name="auto", collective_timeout=DEFAULT_COLLECTIVE_TIMEOUT):
         raise ConfigError(f"Unknown strategy. Expected one of {list(STRATEGIES)}. "
                           f"Received: strategy={name!r}")
     if name == "auto":
-        if _num_workers() > 1:
+        if num_workers() > 1:
             name = "multi_worker"
         elif len(tf.config.list_physical_devices("GPU")) > 1:
             name = "mirrored"
@@ -382,7 +391,7 @@ def distribute_dataset(dataset, strategy=None, file_based=True, num_files=None):
     """
     del strategy  # the worker count comes from TF_CONFIG, the same for every strategy
     options = tf.data.Options()
-    enough = num_files is None or num_files >= _num_workers()
+    enough = num_files is None or num_files >= num_workers()
     options.experimental_distribute.auto_shard_policy = (
         tf.data.experimental.AutoShardPolicy.AUTO if file_based and enough
         else tf.data.experimental.AutoShardPolicy.DATA)
@@ -762,7 +771,7 @@ class Distribution:
         self.name = name
         self.strategy = make_strategy(name)
         self.replicas = int(self.strategy.num_replicas_in_sync)
-        self.workers = _num_workers()
+        self.workers = num_workers()
         self.chief = is_chief(self.strategy)
 
     def global_batch(self, per_replica):
@@ -851,7 +860,7 @@ class Distribution:
             if finite and steps is not None:
                 # A wrong count fails at the end of the first epoch, not silently.
                 dataset = dataset.apply(tf.data.experimental.assert_cardinality(steps))
-        if _num_workers() <= 1:
+        if num_workers() <= 1:
             return dataset
         return distribute_dataset(dataset, self.strategy, file_based=False)
 
