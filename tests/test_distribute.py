@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import replicas_env, start_workers
+from conftest import REPO, replicas_env, start_workers
 
 from fmkeras import train as cli
 from fmkeras.errors import ConfigError, DataError
@@ -227,6 +227,38 @@ def test_multi_worker_killed_peer_fails_fast(tmp_path):
     assert procs[0].returncode == 3, output
     assert "WORKER LOST: Multi-worker training stopped" in output, output
     procs[1].communicate()
+
+
+def test_a_worker_waiting_for_peers_that_never_come_ends_on_ctrl_c(tmp_path):
+    # (SIGTERM is TensorFlow's own during that wait: its coordination service
+    # takes it as a preemption notice.)
+    import signal
+
+    from conftest import free_ports
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0", "TF_CONFIG": json.dumps({
+        "cluster": {"worker": [f"localhost:{port}" for port in free_ports(2)]},
+        "task": {"type": "worker", "index": 0}})}
+    proc = subprocess.Popen([sys.executable, "-m", "fmkeras.train", "--strategy", "multi_worker",
+                             "--run-dir", str(tmp_path / "run")], cwd=REPO, env=env,
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    deadline, line = time.monotonic() + 120, ""
+    while "Waiting for 1/2 tasks to connect" not in line:  # TensorFlow's own log line
+        ready, _, _ = select.select([proc.stderr], [], [], max(0, deadline - time.monotonic()))
+        line = proc.stderr.readline() if ready else ""
+        if not ready or not line:
+            proc.kill()
+            pytest.fail("the worker never started waiting for its peer")
+    time.sleep(0.5)  # in the wait itself
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail("Ctrl-C did not end a worker waiting for its peer")
+    assert proc.returncode == -signal.SIGINT
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("config, chief", [

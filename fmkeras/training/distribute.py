@@ -31,7 +31,9 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 import warnings
 
@@ -232,9 +234,37 @@ def _multi_worker_strategy(collective_timeout):
         return strategy
     options = tf.distribute.experimental.CommunicationOptions(
         timeout_seconds=collective_timeout)
-    strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    with _stop_signals_end_the_wait():  # it waits here until every worker has joined
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     _multi_worker = (key, strategy)
     return strategy
+
+
+@contextlib.contextmanager
+def _stop_signals_end_the_wait():
+    """Ctrl-C (SIGINT) ends the process at once while TensorFlow waits for its peers.
+
+    Python runs signal handlers between bytecodes, and the wait for the other
+    workers is one call into TensorFlow: Ctrl-C's ``KeyboardInterrupt`` would
+    never be raised, and a worker whose peers never come could only be
+    killed. Nothing has trained yet, so the default action (the process
+    ends, exit status 130) loses nothing. SIGTERM gets the default action
+    too until TensorFlow's coordination service starts and takes SIGTERM
+    over as a preemption notice; from then until every worker has joined,
+    SIGTERM does not end the process (a scheduler's SIGKILL after its grace
+    period does). The handlers in force before are put back afterwards.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    stops = (signal.SIGTERM, signal.SIGINT)
+    saved = {sig: signal.signal(sig, signal.SIG_DFL) for sig in stops}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            if handler is not None:  # None: set outside Python, cannot be put back
+                signal.signal(sig, handler)
 
 
 def _tpu_strategy():
