@@ -125,7 +125,6 @@ def time_budget(config, per_fit=True):
                           f"{workers} workers would each stop by their own clock. Set epochs "
                           f"instead. Received: max_minutes={config.max_minutes!r} with "
                           f"{workers} workers in TF_CONFIG")
-
     return TimeBudget(config.max_minutes * 60, per_fit=per_fit)
 
 
